@@ -1,0 +1,34 @@
+"""Errors a user can cause: each carries a one-line message naming the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class RaboError(Exception):
+    """Base class: the CLI prints the message on one line, without a traceback, and exits 2."""
+
+
+class ConfigError(RaboError):
+    """A configuration value is outside what is allowed."""
+
+
+class UnknownNameError(ConfigError):
+    """A name (problem, method, estimator, policy, model, dataset, option) is not registered."""
+
+    def __init__(self, kind: str, name: object, allowed: Iterable[str]):
+        allowed = sorted(allowed)
+        super().__init__(f"unknown {kind} {name!r}; allowed: {', '.join(allowed)}")
+        self.kind, self.name, self.allowed = kind, name, allowed
+
+
+class DataError(RaboError):
+    """A data directory or file is missing, truncated or malformed."""
+
+
+def lookup(table: dict, kind: str, name: str):
+    """Return ``table[name]`` or raise an :class:`UnknownNameError` listing the allowed names."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError(kind, name, table) from None

@@ -1,0 +1,90 @@
+"""The user's contract: a bilevel problem as pure functions of parameter dicts (SPEC §1).
+
+    min_x F(x) = 1/M Σ_i f_i(x, y*(x))   s.t.   y*(x) = argmin_y 1/M Σ_i g_i(x, y)
+
+``inner_loss`` is g_i and ``outer_loss`` is f_i; both take dicts of (possibly sliced) tensors,
+so the same code runs on a client's submodel and on the full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .submodel import ChannelPlan, Params, SubmodelIndex
+
+Batch = Any
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """Anything with the two losses: all that :func:`rabo.hypergradient` needs."""
+
+    def inner_loss(self, x: Params, y: Params, batch: Batch) -> Tensor: ...
+
+    def outer_loss(self, x: Params, y: Params, batch: Batch) -> Tensor: ...
+
+
+class BilevelProblem:
+    """Base class for problems the engine runs federated.
+
+    A subclass sets ``plan`` (a :class:`ChannelPlan` over the names of x and y, restricted to the
+    pruned ones), ``num_clients``, and implements ``init_params``, ``sample``, the two losses and
+    ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, …).
+    """
+
+    name: str = "problem"
+    plan: ChannelPlan
+    num_clients: int
+    episodic: bool = False
+    defaults: dict[str, Any] = {}
+
+    def init_params(self, seed: int) -> tuple[Params, Params]:
+        """Initial full-size (x⁰, y⁰)."""
+        raise NotImplementedError
+
+    def sample(self, client: int, phase: str, rng: np.random.Generator) -> Batch:
+        """One minibatch ξ of client ``client``; ``phase`` is "inner" (data of g) or "outer" (of f)."""
+        raise NotImplementedError
+
+    def restrict(self, batch: Batch, index: SubmodelIndex) -> Batch:
+        """The batch as seen by a submodel: problems whose data are indexed by parameter
+        coordinates (the quadratic's matrices) slice them here; data of a network pass through."""
+        return batch
+
+    def inner_loss(self, x: Params, y: Params, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def outer_loss(self, x: Params, y: Params, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
+        """Metrics of the global model (accuracy, ``hypergrad_norm``, …) on held-out data."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """The problem's resolved options, for config.json."""
+        return {}
+
+
+def split_names(params: Params, x_names: Sequence[str]) -> tuple[Params, Params]:
+    """Split one dict into (x, y) by the names of x."""
+    xs = set(x_names)
+    return ({n: p for n, p in params.items() if n in xs},
+            {n: p for n, p in params.items() if n not in xs})
+
+
+def detach(params: Params) -> Params:
+    return {n: p.detach() for n, p in params.items()}
+
+
+def numel(params: Params) -> int:
+    return sum(int(p.numel()) for p in params.values())
+
+
+def zeros_like(params: Params) -> Params:
+    return {n: torch.zeros_like(p) for n, p in params.items()}
