@@ -42,6 +42,7 @@ class BilevelProblem:
     num_clients: int
     episodic: bool = False
     defaults: dict[str, Any] = {}
+    options: dict[str, Any] = {}
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
         """Initial full-size (x⁰, y⁰)."""
@@ -61,6 +62,10 @@ class BilevelProblem:
 
     def outer_loss(self, x: Params, y: Params, batch: Batch) -> Tensor:
         raise NotImplementedError
+
+    def round_metrics(self, x: Params, y: Params) -> dict[str, float]:
+        """Cheap metrics logged every round (the quadratic's true ‖∇F(x^t)‖)."""
+        return {}
 
     def evaluate(self, x: Params, y: Params) -> dict[str, float]:
         """Metrics of the global model (accuracy, ``hypergrad_norm``, …) on held-out data."""

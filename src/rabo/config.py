@@ -1,0 +1,157 @@
+"""Run configuration as plain data: defaults < problem defaults < TOML file < CLI flags < --set.
+
+Every field of :class:`RunConfig` is settable by ``--set key=value`` (problem options by
+``--set problem.key=value``); the fully resolved config is what ``config.json`` holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .capacity import check_capacities
+from .errors import ConfigError, UnknownNameError
+from .methods import get_method
+
+PAPER_CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
+
+
+@dataclass
+class RunConfig:
+    """One run. ``None`` means "take it from the method preset or the problem's defaults"."""
+
+    problem: str = "losstuning"
+    method: str = "rabo"
+    rounds: int | None = None
+    clients: int = 10
+    capacities: list[float] = field(default_factory=lambda: list(PAPER_CAPACITIES))
+    capacity_mode: str = "fixed"
+    seed: int = 0
+    policy: str | None = None
+    estimator: str | None = None
+    inner_steps: int | None = None
+    inner_lr: float | None = None
+    outer_steps: int | None = None
+    outer_lr: float | None = None
+    terms: int | None = None
+    step: float | None = None
+    mu: float | None = None
+    coords: int | None = None
+    perturb: str = "auto"
+    eval_every: int | None = None
+    data_dir: str | None = None
+    problem_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES: dict[str, type] = {
+    "problem": str, "method": str, "rounds": int, "clients": int, "capacities": list,
+    "capacity_mode": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
+    "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
+    "mu": float, "coords": int, "perturb": str, "eval_every": int, "data_dir": str,
+}
+RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
+                    "step", "mu", "eval_every")
+
+
+def parse_value(key: str, text: Any, kind: type) -> Any:
+    """Coerce a --set or TOML value to the field's type, or raise naming key, value and type."""
+    if not isinstance(text, str):
+        if kind is float and isinstance(text, int) and not isinstance(text, bool):
+            return float(text)
+        if kind is list and isinstance(text, list):
+            return text
+        if isinstance(text, kind) and not (kind is int and isinstance(text, bool)):
+            return text
+        raise ConfigError(f"{key}={text!r} is not of type {kind.__name__}")
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is list:
+            return [float(v) for v in text.split(",") if v.strip()]
+        if kind is str and text.lower() == "none":
+            return None
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r} is not of type {kind.__name__}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; a missing or malformed file is a one-line ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"cannot read config file {str(path)!r}: {msg}") from None
+
+
+def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:
+    """Set fields from a mapping ({"rounds": 5, "problem": {"rho": 10}} or "problem.rho" keys)."""
+    for key, value in values.items():
+        if key == "problem" and isinstance(value, dict):
+            apply(config, {f"problem.{k}": v for k, v in value.items()}, option_types)
+        elif key.startswith("problem."):
+            opt = key.removeprefix("problem.")
+            if opt not in option_types:
+                raise UnknownNameError(f"option of problem {config.problem!r}:", opt, option_types)
+            config.problem_options[opt] = parse_value(key, value, option_types[opt])
+        elif key in FIELD_TYPES:
+            setattr(config, key, parse_value(key, value, FIELD_TYPES[key]))
+        else:
+            raise UnknownNameError("config key", key,
+                                   list(FIELD_TYPES) + [f"problem.{k}" for k in option_types])
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r} is not of the form key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _positive(name: str, value: float, integer: bool) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) if integer \
+        else (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
+    if not ok:
+        allowed = "an integer ≥ 1" if integer else "a finite number > 0"
+        raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+
+
+def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
+    """Fill every ``None`` from the method preset and the problem's defaults, and validate."""
+    method = get_method(config.method)
+    out = dataclasses.replace(config, problem_options=dict(config.problem_options))
+    if out.policy is None:
+        out.policy = method.policy
+    if out.estimator is None:
+        out.estimator = method.estimator
+    for key in RUN_DEFAULT_KEYS:
+        if getattr(out, key) is None:
+            setattr(out, key, problem_defaults[key])
+    for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
+        _positive(key, getattr(out, key), integer=True)
+    for key in ("inner_lr", "outer_lr", "step", "mu"):
+        _positive(key, getattr(out, key), integer=False)
+    if out.coords is not None:
+        _positive("coords", out.coords, integer=True)
+    if out.seed < 0:
+        raise ConfigError(f"seed={out.seed!r} is not allowed; seed must be an integer ≥ 0")
+    out.capacities = check_capacities(out.capacities)
+    if len(out.capacities) > out.clients:
+        raise ConfigError(f"{len(out.capacities)} capacities for {out.clients} clients; "
+                          f"give at most one per client")
+    return out

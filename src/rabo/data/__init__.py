@@ -1,0 +1,32 @@
+"""Data: in-memory array data sets and long-tailed federated splits (SPEC §7)."""
+
+from .digits import DIGITS_CLASSES, DIGITS_TEST_PER_CLASS, ArrayData, load_digits_arrays
+from .longtail import (
+    PARTITIONS,
+    FederatedData,
+    balanced_test_split,
+    federated_longtail,
+    longtail_counts,
+    make_longtail,
+    partition,
+    sample_batch,
+    train_val_split,
+    validation_count,
+)
+
+__all__ = [
+    "DIGITS_CLASSES",
+    "DIGITS_TEST_PER_CLASS",
+    "PARTITIONS",
+    "ArrayData",
+    "FederatedData",
+    "balanced_test_split",
+    "federated_longtail",
+    "load_digits_arrays",
+    "longtail_counts",
+    "make_longtail",
+    "partition",
+    "sample_batch",
+    "train_val_split",
+    "validation_count",
+]

@@ -1,0 +1,51 @@
+"""From a config to the objects a runtime needs: problem, mask policy, capacity schedule and
+client settings. Both runtimes build their experiment here, so they run the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .capacity import CapacitySchedule
+from .client import ClientSettings
+from .config import RunConfig, resolve
+from .errors import ConfigError
+from .hypergrad import ESTIMATORS
+from .masks import MaskPolicy, make_policy
+from .problem import BilevelProblem
+from .problems import get_problem
+from .errors import lookup
+
+
+@dataclass
+class Experiment:
+    config: RunConfig            # fully resolved
+    problem: BilevelProblem
+    policy: MaskPolicy
+    schedule: CapacitySchedule
+    settings: ClientSettings
+
+    @property
+    def tunes_x(self) -> bool:
+        return self.settings.estimator is not None
+
+
+def build(config: RunConfig) -> Experiment:
+    problem_cls = get_problem(config.problem)
+    unknown = set(config.problem_options) - set(problem_cls.options)
+    if unknown:
+        raise ConfigError(f"unknown option {sorted(unknown)[0]!r} of problem {config.problem!r}; "
+                          f"allowed: {', '.join(sorted(problem_cls.options))}")
+    cfg = resolve(config, problem_cls.defaults)
+    if cfg.estimator is not None:
+        lookup(ESTIMATORS, "estimator", cfg.estimator)
+    policy = make_policy(cfg.policy)
+    problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
+                          **cfg.problem_options)
+    cfg.problem_options = problem.config()
+    schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed)
+    options = {"terms": cfg.terms, "step": cfg.step, "mu": cfg.mu, "coords": cfg.coords,
+               "perturb": cfg.perturb}
+    settings = ClientSettings(cfg.inner_steps, cfg.inner_lr,
+                              cfg.outer_steps if cfg.estimator else 0, cfg.outer_lr,
+                              cfg.estimator, options)
+    return Experiment(cfg, problem, policy, schedule, settings)

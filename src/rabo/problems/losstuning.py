@@ -1,0 +1,126 @@
+"""Federated loss-function tuning with the VS loss on long-tailed data (paper V-B, SPEC §7).
+
+x = per-class VS-loss parameters (Δ, ι, w), never pruned; y = the network, pruned.
+g_i = VS loss on client i's train split + λ_y/2‖y‖²;  f_i = class-balanced cross-entropy on its
+validation split. Positivity is kept by the parameterisation Δ = exp(log_delta) and
+w = C · softmax(log_w) (weights average 1, so only their ratios are tuned); x = 0 is plain CE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from ..data import federated_longtail, load_digits_arrays, sample_batch
+from ..errors import ConfigError, UnknownNameError
+from ..models import build
+from ..problem import BilevelProblem
+from ..submodel import ChannelPlan, Params
+
+DATASETS = ("digits",)
+
+
+def vs_loss(logits: Tensor, labels: Tensor, x: Params) -> Tensor:
+    """ℓ(z, c) = −w_c log softmax(Δ ⊙ z + ι)_c, averaged over the batch (Kini et al. 2021)."""
+    num_classes = logits.shape[-1]
+    delta = torch.exp(x["log_delta"])
+    weight = num_classes * torch.softmax(x["log_w"], dim=0)
+    ce = F.cross_entropy(logits * delta + x["iota"], labels, reduction="none")
+    return (weight[labels] * ce).mean()
+
+
+def balanced_cross_entropy(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Mean over the classes present in the batch of each class's mean cross-entropy."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    counts = torch.bincount(labels, minlength=num_classes).to(ce.dtype)
+    per_class = torch.zeros(num_classes, dtype=ce.dtype).index_add(0, labels, ce)
+    present = counts > 0
+    return (per_class[present] / counts[present]).mean()
+
+
+def balanced_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Mean per-class recall (equals accuracy on a balanced set)."""
+    pred = logits.argmax(-1)
+    recalls = [float((pred[labels == c] == c).float().mean())
+                for c in range(num_classes) if bool((labels == c).any())]
+    return float(np.mean(recalls))
+
+
+class LossTuning(BilevelProblem):
+    name = "losstuning"
+    defaults = {"rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1,
+                "outer_lr": 0.5, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10}
+    options = {"dataset": "digits", "model": "mlp", "hidden": 128, "rho": 10.0,
+               "batch_size": 32, "weight_decay": 1e-4, "partition": "iid", "alpha": 0.5,
+               "test_per_class": 50, "prune": "y"}
+
+    def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
+                 **options: Any) -> None:
+        opts = {**self.options, **options}
+        if opts["dataset"] not in DATASETS:
+            raise UnknownNameError("dataset", opts["dataset"], DATASETS)
+        if opts["prune"] not in ("y", "none"):
+            raise ConfigError(f"prune {opts['prune']!r} is not one of: y, none "
+                              f"(the VS-loss hyperparameters x are never pruned)")
+        if int(opts["batch_size"]) < 1:
+            raise ConfigError(f"batch_size={opts['batch_size']!r} must be an integer ≥ 1")
+        self.opts, self.num_clients = opts, clients
+        inputs, labels = load_digits_arrays()
+        self.num_classes = int(labels.max()) + 1
+        self.data = federated_longtail(inputs, labels, self.num_classes, clients,
+                                       rho=float(opts["rho"]), seed=seed,
+                                       test_per_class=int(opts["test_per_class"]),
+                                       scheme=opts["partition"], alpha=float(opts["alpha"]))
+        self.model, plan = build("mlp", in_features=inputs.shape[1],
+                                 hidden=(int(opts["hidden"]),), num_classes=self.num_classes)
+        self.plan = plan if opts["prune"] == "y" else ChannelPlan(plan.groups, {})
+        self._test = self._tensors(self.data.test_idx)
+        self._val = self._tensors(np.concatenate([v for _, v in self.data.clients]))
+
+    def _tensors(self, idx: np.ndarray) -> tuple[Tensor, Tensor]:
+        return (torch.as_tensor(self.data.inputs[idx], dtype=torch.float32),
+                torch.as_tensor(self.data.labels[idx], dtype=torch.int64))
+
+    def init_params(self, seed: int) -> tuple[Params, Params]:
+        torch.manual_seed(seed)
+        for layer in self.model.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        y = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        x = {n: torch.zeros(self.num_classes) for n in ("log_delta", "iota", "log_w")}
+        return x, y
+
+    def sample(self, client: int, phase: str, rng: np.random.Generator) -> dict[str, Any]:
+        train_idx, val_idx = self.data.clients[client]
+        bs = int(self.opts["batch_size"])
+        batch = {"train": sample_batch(self.data, train_idx, bs, rng)}
+        if phase == "outer":
+            batch["val"] = sample_batch(self.data, val_idx, bs, rng)
+        return batch
+
+    def logits(self, y: Params, inputs: Tensor) -> Tensor:
+        return functional_call(self.model, y, (inputs,))
+
+    def inner_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
+        inputs, labels = batch["train"]
+        l2 = sum((p * p).sum() for p in y.values())
+        return vs_loss(self.logits(y, inputs), labels, x) + 0.5 * self.opts["weight_decay"] * l2
+
+    def outer_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
+        inputs, labels = batch["val"]
+        return balanced_cross_entropy(self.logits(y, inputs), labels, self.num_classes)
+
+    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
+        with torch.no_grad():
+            test = balanced_accuracy(self.logits(y, self._test[0]), self._test[1],
+                                     self.num_classes)
+            val = balanced_accuracy(self.logits(y, self._val[0]), self._val[1], self.num_classes)
+        return {"accuracy": test, "val_accuracy": val}
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.opts)

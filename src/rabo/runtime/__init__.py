@@ -1,0 +1,1 @@
+"""Runtimes that execute the client and server steps: in-process simulation (and Flower)."""
