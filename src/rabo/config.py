@@ -7,6 +7,7 @@ Every field of :class:`RunConfig` is settable by ``--set key=value`` (problem op
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class RunConfig:
     eval_every: int | None = None
     data_dir: str | None = None
     problem_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +86,17 @@ def parse_value(key: str, text: Any, kind: type) -> Any:
         raise ConfigError(f"{key}={text!r} is not of type {kind.__name__}") from None
 
 
+def parse_json(key: str, value: Any) -> Any:
+    """A policy option: TOML values pass through, --set strings are read as JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{key}={value!r} is not a JSON value (e.g. true, 3, [[0, 0.5]])") \
+            from None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file; a missing or malformed file is a one-line ConfigError."""
     try:
@@ -101,6 +114,10 @@ def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, typ
     for key, value in values.items():
         if key == "problem" and isinstance(value, dict):
             apply(config, {f"problem.{k}": v for k, v in value.items()}, option_types)
+        elif key == "policy" and isinstance(value, dict):
+            apply(config, {f"policy.{k}": v for k, v in value.items()}, option_types)
+        elif key.startswith("policy."):
+            config.policy_options[key.removeprefix("policy.")] = parse_json(key, value)
         elif key.startswith("problem."):
             opt = key.removeprefix("problem.")
             if opt not in option_types:
@@ -134,7 +151,8 @@ def _positive(name: str, value: float, integer: bool) -> None:
 def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
     """Fill every ``None`` from the method preset and the problem's defaults, and validate."""
     method = get_method(config.method)
-    out = dataclasses.replace(config, problem_options=dict(config.problem_options))
+    out = dataclasses.replace(config, problem_options=dict(config.problem_options),
+                              policy_options=dict(config.policy_options))
     if out.policy is None:
         out.policy = method.policy
     if out.estimator is None:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from .capacity import CapacitySchedule
 from .client import ClientSettings
 from .config import RunConfig, resolve
-from .errors import ConfigError
+from .errors import ConfigError, lookup
 from .hypergrad import ESTIMATORS
 from .masks import MaskPolicy, make_policy
 from .problem import BilevelProblem
 from .problems import get_problem
-from .errors import lookup
 
 
 @dataclass
@@ -38,7 +37,7 @@ def build(config: RunConfig) -> Experiment:
     cfg = resolve(config, problem_cls.defaults)
     if cfg.estimator is not None:
         lookup(ESTIMATORS, "estimator", cfg.estimator)
-    policy = make_policy(cfg.policy)
+    policy = make_policy(cfg.policy, **cfg.policy_options)
     problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
                           **cfg.problem_options)
     cfg.problem_options = problem.config()

@@ -8,7 +8,7 @@ so the same code runs on a client's submodel and on the full model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -56,6 +56,11 @@ class BilevelProblem:
         """The batch as seen by a submodel: problems whose data are indexed by parameter
         coordinates (the quadratic's matrices) slice them here; data of a network pass through."""
         return batch
+
+    def cost_key(self, client: int) -> Hashable:
+        """What, besides the submodel's shapes, fixes the cost of a client's step (its batch
+        shapes): clients with equal keys share one FLOP count."""
+        return client
 
     def inner_loss(self, x: Params, y: Params, batch: Batch) -> Tensor:
         raise NotImplementedError

@@ -103,6 +103,11 @@ class LossTuning(BilevelProblem):
             batch["val"] = sample_batch(self.data, val_idx, bs, rng)
         return batch
 
+    def cost_key(self, client: int) -> tuple[int, int]:
+        bs = int(self.opts["batch_size"])
+        train_idx, val_idx = self.data.clients[client]
+        return min(bs, len(train_idx)), min(bs, len(val_idx))
+
     def logits(self, y: Params, inputs: Tensor) -> Tensor:
         return functional_call(self.model, y, (inputs,))
 

@@ -81,6 +81,9 @@ class Quadratic(BilevelProblem):
         return {"A": batch["A"][i][:, i], "B": batch["B"][i][:, i], "c": batch["c"][i],
                 "D": batch["D"][i][:, i]}
 
+    def cost_key(self, client: int) -> tuple:
+        return ()
+
     def inner_loss(self, x: Params, y: Params, batch: dict[str, Tensor]) -> Tensor:
         yv, xv = y["y"], x["x"]
         return 0.5 * yv @ batch["A"] @ yv - yv @ batch["B"] @ xv + 0.5 * self.lam * yv @ yv

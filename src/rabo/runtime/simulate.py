@@ -41,7 +41,7 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[s
     for i, index in enumerate(indices):
         xs, ys = plan.extract(x, index), plan.extract(y, index)
         (delta, m), fl = flops.run(
-            ("inner", i, shape_key(xs), shape_key(ys)),
+            ("inner", problem.cost_key(i), shape_key(xs), shape_key(ys)),
             lambda: client.inner_phase(problem, xs, ys, index, i, t, exp.settings, cfg.seed))
         inner_deltas.append(delta)
         inner_losses.append(m["inner_loss"])
@@ -56,7 +56,7 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[s
         for i, index in enumerate(indices):
             xs, ys = plan.extract(x, index), plan.extract(y, index)
             (delta, m), fl = flops.run(
-                ("outer", i, shape_key(xs), shape_key(ys)),
+                ("outer", problem.cost_key(i), shape_key(xs), shape_key(ys)),
                 lambda: client.outer_phase(problem, xs, ys, index, i, t, exp.settings, cfg.seed))
             outer_deltas.append(delta)
             outer_losses.append(m["outer_loss"])

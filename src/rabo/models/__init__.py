@@ -1,0 +1,75 @@
+"""Width-scalable networks and their channel plans (SPEC §4, §7).
+
+Every model is a plain ``torch.nn.Module`` of stock layers with a ``channel_plan(prefix="")``
+method: a :class:`~rabo.submodel.ChannelPlan` keyed by ``prefix`` + its ``named_parameters()``
+names. A client runs the stock module on its genuinely smaller tensors::
+
+    model, plan = build("conv4")
+    sub = plan.extract(dict(model.named_parameters()), index)
+    features = torch.func.functional_call(model, sub, (images,))
+
+Few-shot problems put a linear head y on a backbone x and merge the two plans, so the head's
+input columns follow the backbone's kept channels::
+
+    plan = merge_plans(model.channel_plan("backbone."),
+                       head_plan(model.feature_axis("backbone."), model.feature_channels, "head."))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ..errors import lookup
+from ..submodel import ChannelPlan
+from .convnets import MLP, Conv4, ConvBlock, SmallCNN
+from .plans import BlockBackbone, PlanBuilder, head_plan, merge_plans
+from .resnets import BasicBlock, ResNet12, ResNet12Block, ResNet18
+
+
+def conv4(in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> Conv4:
+    """Conv-4 backbone: 64 features from 28×28 images."""
+    return Conv4(in_channels, hidden, image_size)
+
+
+def resnet12(in_channels: int = 1, widths: Sequence[int] = (64, 128, 256, 512)) -> ResNet12:
+    """Few-shot ResNet-12 backbone: ``widths[-1]`` features."""
+    return ResNet12(in_channels, widths)
+
+
+def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> SmallCNN:
+    """Two-conv CNN classifier for 28×28 images."""
+    return SmallCNN(in_channels, num_classes, image_size)
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10) -> ResNet18:
+    """CIFAR ResNet-18 classifier."""
+    return ResNet18(in_channels, num_classes)
+
+
+def mlp(in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10) -> MLP:
+    """MLP classifier."""
+    return MLP(in_features, hidden, num_classes)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "conv4": conv4,
+    "resnet12": resnet12,
+    "small_cnn": small_cnn,
+    "resnet18": resnet18,
+    "mlp": mlp,
+}
+
+
+def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
+    """The model registered as ``name`` (built with ``kwargs``) and its channel plan."""
+    model = lookup(MODELS, "model", name)(**kwargs)
+    return model, model.channel_plan()
+
+
+__all__ = [
+    "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanBuilder", "ResNet12",
+    "ResNet12Block", "ResNet18", "SmallCNN", "build", "conv4", "head_plan", "merge_plans", "mlp",
+    "resnet12", "resnet18", "small_cnn",
+]

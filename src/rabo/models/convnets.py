@@ -1,0 +1,113 @@
+"""Plain width-scalable networks: Conv-4 (few-shot backbone), a small CNN and an MLP (SPEC §7).
+
+BatchNorm keeps no running statistics (HeteroFL's static BN): it always normalises with the
+batch's own statistics, so a submodel needs no calibration and has no buffers to slice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..submodel import Axis, ChannelPlan
+from .plans import BlockBackbone, PlanBuilder
+
+
+class ConvBlock(nn.Module):
+    """conv 3×3 (pad 1) → BN → ReLU → max-pool 2."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+
+    def add_to(self, plan: PlanBuilder, name: str, inp: Axis | None) -> Axis:
+        """Declare this block's axes; returns the group of its output channels."""
+        out = plan.group(name, self.conv.out_channels)
+        plan.layer(f"{name}.conv", self.conv, out, inp)
+        plan.layer(f"{name}.bn", self.bn, out)
+        return out
+
+
+class Conv4(BlockBackbone):
+    """The standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017): four ConvBlocks,
+    flattened; 64 features from 28×28 input. No head: the output is the feature vector."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
+        super().__init__()
+        self.blocks = nn.Sequential(*(ConvBlock(in_channels if i == 0 else hidden, hidden)
+                                      for i in range(4)))
+        self.spatial = _pooled(image_size, 4) ** 2
+        self.feature_channels = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x).flatten(1)
+
+
+class SmallCNN(nn.Module):
+    """conv 32 → ReLU → pool → conv 64 → ReLU → pool → flatten (64·7·7 from 28×28) → linear 128 →
+    ReLU → linear ``num_classes``: the MNIST / Fashion-MNIST classifier of loss tuning."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                 channels: tuple[int, int] = (32, 64), hidden: int = 128):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 3, padding=1)
+        self.spatial = _pooled(image_size, 2) ** 2
+        self.fc1 = nn.Linear(channels[1] * self.spatial, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    def channel_plan(self, prefix: str = "") -> ChannelPlan:
+        plan = PlanBuilder(prefix)
+        c1 = plan.group("conv1", self.conv1.out_channels)
+        plan.layer("conv1", self.conv1, c1, None)
+        c2 = plan.group("conv2", self.conv2.out_channels)
+        plan.layer("conv2", self.conv2, c2, c1)
+        h = plan.group("fc1", self.fc1.out_features)
+        # flatten of C×H×W: channel c owns feature columns c·HW … c·HW+HW−1
+        plan.layer("fc1", self.fc1, h, Axis(c2.group, self.spatial))
+        plan.layer("fc2", self.fc2, None, h)
+        return plan.build()
+
+
+class MLP(nn.Module):
+    """Linear → ReLU → … → linear ``num_classes`` (scikit-learn digits: 64 inputs)."""
+
+    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10):
+        super().__init__()
+        sizes = [in_features, *hidden, num_classes]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)
+
+    def channel_plan(self, prefix: str = "") -> ChannelPlan:
+        plan = PlanBuilder(prefix)
+        inp = None
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            out = None if last else plan.group(f"layers.{i}", layer.out_features)
+            plan.layer(f"layers.{i}", layer, out, inp)
+            inp = out
+        return plan.build()
+
+
+def _pooled(size: int, times: int) -> int:
+    """Side of a size×size map after ``times`` max-pools of 2 (padded 3×3 convs keep the size)."""
+    for _ in range(times):
+        size //= 2
+    return size

@@ -1,0 +1,293 @@
+"""Hypergradient estimators (SPEC §3) against closed forms and dense implicit differentiation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rabo.errors import ConfigError, UnknownNameError
+from rabo.hypergrad import ESTIMATORS, hypergradient
+
+IMPLICIT = ["neumann", "cg", "fd", "fd-dir"]
+
+
+def vec(params: dict, order: list[str]) -> torch.Tensor:
+    return torch.cat([params[n].reshape(-1) for n in order])
+
+
+def unvec(v: torch.Tensor, like: dict, order: list[str]) -> dict:
+    out, start = {}, 0
+    for n in order:
+        out[n] = v[start:start + like[n].numel()].reshape(like[n].shape)
+        start += like[n].numel()
+    return out
+
+
+def rel_err(estimate: torch.Tensor, target: torch.Tensor) -> float:
+    return float((estimate.double() - target.double()).norm() / target.double().norm())
+
+
+def dense_implicit(problem, x: dict, y: dict, xo: list[str], yo: list[str]) -> torch.Tensor:
+    """∇_x f − J H⁻¹ ∇_y f from a dense Hessian of g over (x, y): the reference of eq 9."""
+    xv, yv = vec(x, xo).detach(), vec(y, yo).detach()
+    nx = len(xv)
+
+    def g(z):
+        return problem.inner_loss(unvec(z[:nx], x, xo), unvec(z[nx:], y, yo), None)
+
+    def f(z):
+        return problem.outer_loss(unvec(z[:nx], x, xo), unvec(z[nx:], y, yo), None)
+
+    z = torch.cat([xv, yv])
+    hess = torch.autograd.functional.hessian(g, z)
+    grad_f = torch.autograd.functional.jacobian(f, z)
+    hyy, jxy = hess[nx:, nx:], hess[:nx, nx:]
+    return grad_f[:nx] - jxy @ torch.linalg.solve(hyy, grad_f[nx:])
+
+
+# --- the quadratic of SPEC §7 with two tensors in each of x and y ---------------------------------
+X_ORDER, Y_ORDER = ["a", "b"], ["u", "w"]
+
+
+class Quadratic:
+    """g = ½ yᵀA y − yᵀB x + λ/2‖y‖², f = ½‖y − c‖² + ½ xᵀD x on flat vectors."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64, seed: int = 0, lam: float = 0.5):
+        gen = torch.Generator().manual_seed(seed)
+
+        def spd(n, lo, hi):
+            q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+            return q @ torch.diag(torch.linspace(lo, hi, n, dtype=torch.float64)) @ q.T
+
+        self.A, self.D = spd(6, 1.0, 3.0), spd(4, 0.5, 2.0)
+        self.B = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+        self.c = torch.randn(6, generator=gen, dtype=torch.float64)
+        self.lam = lam
+        self.H = self.A + lam * torch.eye(6, dtype=torch.float64)
+        self.step = 1.0 / float(torch.linalg.eigvalsh(self.H).max())
+        self.dtype = dtype
+        # y's dict order differs from the problem's own vector order, to pin dict flattening.
+        self.x = {"a": torch.randn(2, generator=gen, dtype=dtype),
+                  "b": torch.randn(2, generator=gen, dtype=dtype)}
+        self.y = {"w": torch.randn(2, generator=gen, dtype=dtype),
+                  "u": torch.randn(2, 2, generator=gen, dtype=dtype)}
+
+    def _mats(self):
+        return (m.to(self.dtype) for m in (self.A, self.B, self.D, self.c))
+
+    def inner_loss(self, x, y, batch):
+        A, B, _, _ = self._mats()
+        xv, yv = vec(x, X_ORDER), vec(y, Y_ORDER)
+        return 0.5 * yv @ A @ yv - yv @ B @ xv + 0.5 * self.lam * yv @ yv
+
+    def outer_loss(self, x, y, batch):
+        _, _, D, c = self._mats()
+        xv, yv = vec(x, X_ORDER), vec(y, Y_ORDER)
+        return 0.5 * (yv - c) @ (yv - c) + 0.5 * xv @ D @ xv
+
+    def closed_form(self) -> torch.Tensor:
+        """∇_x f − J H⁻¹ ∇_y f = D x + Bᵀ H⁻¹ (y − c): ∇_y g = H y − B x, so J = ∇_x∇_y g = −Bᵀ."""
+        xv, yv = vec(self.x, X_ORDER).double(), vec(self.y, Y_ORDER).double()
+        return self.D @ xv + self.B.T @ torch.linalg.solve(self.H, yv - self.c)
+
+
+def quad_options(problem: Quadratic) -> dict:
+    return {"terms": 80, "step": problem.step}
+
+
+def test_quadratic_closed_form_matches_dense_implicit_gradient():
+    q = Quadratic()
+    dense = dense_implicit(q, q.x, q.y, X_ORDER, Y_ORDER)
+    assert rel_err(dense, q.closed_form()) < 1e-12
+
+
+@pytest.mark.parametrize("name", IMPLICIT)
+def test_estimators_match_quadratic_closed_form(name):
+    q = Quadratic()
+    h = hypergradient(q, q.x, q.y, None, name, **quad_options(q))
+    assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-5
+
+
+def test_cg_is_exact_in_dim_y_iterations():
+    q = Quadratic()
+    h = hypergradient(q, q.x, q.y, None, "cg", terms=6)
+    assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-10
+
+
+def test_first_order_is_grad_x_f():
+    q = Quadratic()
+    h = hypergradient(q, q.x, q.y, None, "first-order")
+    assert torch.equal(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER))
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_zero_outer_gradient_in_y_leaves_grad_x_f(name):
+    q = Quadratic()
+    q.y = unvec(q.c.clone(), q.y, Y_ORDER)  # ∇_y f = y − c = 0, so v = 0 and ĥ = D x
+    h = hypergradient(q, q.x, q.y, None, name, **quad_options(q))
+    assert rel_err(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER)) <= 1e-12
+
+
+# --- logistic-regression hyperparameter problem ---------------------------------------------------
+class LogisticHPO:
+    """g = mean logistic loss on train + ½ Σ_j exp(x_j) y_j², f = mean logistic loss on val."""
+
+    def __init__(self, seed: int = 1, d: int = 5):
+        gen = torch.Generator().manual_seed(seed)
+        w_true = torch.randn(d, generator=gen, dtype=torch.float64)
+        self.a_train = torch.randn(40, d, generator=gen, dtype=torch.float64)
+        self.a_val = torch.randn(30, d, generator=gen, dtype=torch.float64)
+        self.b_train, self.b_val = (
+            torch.sign(a @ w_true + 0.5 * torch.randn(len(a), generator=gen, dtype=torch.float64))
+            for a in (self.a_train, self.a_val))
+        strength = 0.2 + 0.3 * torch.rand(d, generator=gen, dtype=torch.float64)
+        self.x = {"log_l2": strength.log()}
+        self.y = {"weight": torch.zeros(d, dtype=torch.float64)}
+
+    @staticmethod
+    def _logistic(a, b, w):
+        return torch.nn.functional.softplus(-b * (a @ w)).mean()
+
+    def inner_loss(self, x, y, batch):
+        w = y["weight"]
+        penalty = 0.5 * (x["log_l2"].exp() * w * w).sum()
+        return self._logistic(self.a_train, self.b_train, w) + penalty
+
+    def outer_loss(self, x, y, batch):
+        return self._logistic(self.a_val, self.b_val, y["weight"])
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    p = LogisticHPO()
+    hess = torch.autograd.functional.hessian(
+        lambda w: p.inner_loss(p.x, {"weight": w}, None), p.y["weight"])
+    p.step = 1.0 / float(torch.linalg.eigvalsh(hess).max())
+    w = p.y["weight"].clone().requires_grad_(True)
+    for _ in range(300):  # approximate inner solution
+        (gw,) = torch.autograd.grad(p.inner_loss(p.x, {"weight": w}, None), w)
+        w = (w - p.step * gw).detach().requires_grad_(True)
+    p.y = {"weight": w.detach()}
+    p.exact = dense_implicit(p, p.x, p.y, ["log_l2"], ["weight"])
+    return p
+
+
+@pytest.mark.parametrize("name", IMPLICIT)
+def test_estimators_match_logistic_implicit_gradient(logistic, name):
+    h = hypergradient(logistic, logistic.x, logistic.y, None, name, terms=60, step=logistic.step)
+    assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
+
+
+# --- fd's coordinate blocks --------------------------------------------------------------------
+@pytest.mark.parametrize("perturb,k", [("x", 3), ("y", 4)])  # k does not divide n: blocks wrap
+def test_fd_blocks_average_to_full_estimate_over_a_cycle(perturb, k):
+    q = Quadratic()
+    opts = quad_options(q)
+    n = 4 if perturb == "x" else 6
+    full = vec(hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, **opts), X_ORDER)
+    cycle = n // math.gcd(n, k)
+    blocks = [vec(hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, coords=k, t=t, **opts),
+                  X_ORDER) for t in range(cycle)]
+    assert rel_err(torch.stack(blocks).mean(0), full) <= 1e-8
+    assert rel_err(blocks[0], full) > 1e-3  # one block alone is a different estimate
+
+
+def test_fd_perturb_x_and_y_agree_with_neumann():
+    q = Quadratic()
+    opts = quad_options(q)
+    ref = vec(hypergradient(q, q.x, q.y, None, "neumann", **opts), X_ORDER)
+    for perturb in ("auto", "x", "y"):
+        h = hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, **opts)
+        assert rel_err(vec(h, X_ORDER), ref) <= 1e-8
+
+
+# --- a network through functional_call: backbone x, linear head y, batch-statistics BN --------
+class HeadOnBackbone:
+    """g = CE(head(backbone(a_s))) + λ/2‖y‖², f = CE on a query set; x = backbone, y = head."""
+
+    def __init__(self, seed: int = 2, lam: float = 0.5):
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8, track_running_stats=False),
+            torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        params = {n: p.detach() for n, p in self.net.named_parameters()}
+        self.x = {n: p for n, p in params.items() if not n.startswith("3.")}
+        self.y = {n: p for n, p in params.items() if n.startswith("3.")}
+        gen = torch.Generator().manual_seed(seed)
+        self.data = [torch.randn(12, 6, generator=gen, dtype=torch.float64),
+                     torch.randint(0, 3, (12,), generator=gen)] * 2
+        self.data[2] = torch.randn(12, 6, generator=gen, dtype=torch.float64)
+        self.lam = lam
+
+    def _loss(self, x, y, a, labels):
+        logits = torch.func.functional_call(self.net, {**x, **y}, (a,))
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    def inner_loss(self, x, y, batch):
+        return self._loss(x, y, *self.data[:2]) + 0.5 * self.lam * sum(
+            (p * p).sum() for p in y.values())
+
+    def outer_loss(self, x, y, batch):
+        return self._loss(x, y, *self.data[2:])
+
+
+@pytest.mark.parametrize("name,perturb", [("neumann", "auto"), ("fd", "auto"), ("fd", "x"),
+                                          ("fd-dir", "auto")])
+def test_estimators_on_a_network_match_cg(name, perturb):
+    p = HeadOnBackbone()
+    reference = hypergradient(p, p.x, p.y, None, "cg", terms=50)
+    h = hypergradient(p, p.x, p.y, None, name, terms=60, step=0.5, perturb=perturb)
+    assert rel_err(torch.cat([v.reshape(-1) for v in h.values()]),
+                   torch.cat([v.reshape(-1) for v in reference.values()])) <= 1e-3
+
+
+# --- dtype, shapes, errors, FLOP counting -----------------------------------------------------
+@pytest.mark.parametrize("name,perturb", [(n, "auto") for n in IMPLICIT + ["first-order"]]
+                         + [("fd", "y")])
+def test_float32_in_float32_out(name, perturb):
+    q = Quadratic(dtype=torch.float32)
+    h = hypergradient(q, q.x, q.y, None, name, perturb=perturb, **quad_options(q))
+    assert all(v.dtype == torch.float32 for v in h.values())
+    target = q.closed_form() if name != "first-order" else q.D @ vec(q.x, X_ORDER).double()
+    assert rel_err(vec(h, X_ORDER), target) <= 1e-3
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_result_has_x_keys_and_shapes_and_no_grad(name):
+    q = Quadratic()
+    x = {n: p.clone().requires_grad_(True) for n, p in q.x.items()}
+    y = {n: p.clone().requires_grad_(True) for n, p in q.y.items()}
+    with torch.no_grad():  # the estimators turn autograd on themselves
+        h = hypergradient(q, x, y, None, name, **quad_options(q))
+    assert list(h) == list(x)
+    assert all(h[n].shape == x[n].shape and not h[n].requires_grad for n in x)
+    assert all(p.grad is None for p in [*x.values(), *y.values()])
+
+
+@pytest.mark.parametrize("kwargs,error,text", [
+    ({"estimator": "newton"}, UnknownNameError, "'newton'"),
+    ({"terms": 0}, ConfigError, "terms=0"),
+    ({"terms": 2.5}, ConfigError, "terms=2.5"),
+    ({"mu": -1}, ConfigError, "mu=-1"),
+    ({"step": float("nan")}, ConfigError, "step=nan"),
+    ({"coords": 0}, ConfigError, "coords=0"),
+    ({"perturb": "z"}, ConfigError, "perturb='z'"),
+])
+def test_bad_options_raise_config_errors(kwargs, error, text):
+    q = Quadratic()
+    with pytest.raises(error, match=text.replace("(", r"\(")):
+        hypergradient(q, q.x, q.y, None, **kwargs)
+
+
+def test_flop_counter_sees_every_estimator():
+    q = Quadratic()  # matrix products: FlopCounterMode counts mm/bmm (not mv or dot)
+    flops = {}
+    for name in ESTIMATORS:
+        with FlopCounterMode(display=False) as counter:
+            hypergradient(q, q.x, q.y, None, name, terms=10, step=q.step)
+        flops[name] = counter.get_total_flops()
+    assert all(v > 0 for v in flops.values())
+    assert flops["first-order"] < min(flops[n] for n in IMPLICIT)
