@@ -44,7 +44,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory instead of refusing")
     p.add_argument("--data-dir", help="directory holding the problem's data set files")
-    p.add_argument("--config", help="TOML file of config keys (a [problem] table for options)")
+    p.add_argument("--config", help="TOML file of config keys, with [problem_options] and [policy_options] tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100; "
                         "repeatable")

@@ -110,11 +110,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:
-    """Set fields from a mapping ({"rounds": 5, "problem": {"rho": 10}} or "problem.rho" keys)."""
+    """Set fields from a mapping: plain keys, "problem.rho" / "policy.rotate" keys, or the TOML
+    tables ``[problem_options]`` and ``[policy_options]``."""
     for key, value in values.items():
-        if key == "problem" and isinstance(value, dict):
+        if key == "problem_options" and isinstance(value, dict):
             apply(config, {f"problem.{k}": v for k, v in value.items()}, option_types)
-        elif key == "policy" and isinstance(value, dict):
+        elif key == "policy_options" and isinstance(value, dict):
             apply(config, {f"policy.{k}": v for k, v in value.items()}, option_types)
         elif key.startswith("policy."):
             config.policy_options[key.removeprefix("policy.")] = parse_json(key, value)

@@ -1,0 +1,106 @@
+"""The ``rabo`` command: a run directory from ``rabo run``, and one-line errors (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rabo.cli import main
+
+REQUIRED = {"round", "method", "inner_loss", "outer_loss", "cover_x", "cover_y", "uncovered_x",
+            "uncovered_y", "flops", "bytes_down", "bytes_up", "seconds"}
+
+
+def test_run_writes_config_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    code = main(["run", "--rounds", "2", "--out", str(out), "--no-progress",
+                 "--set", "eval_every=1"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem"] == "losstuning" and config["method"] == "rabo"
+    assert config["policy"] == "importance" and config["estimator"] == "neumann"
+    assert config["clients"] == 10 and config["problem_options"]["dataset"] == "digits"
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in lines] == [1, 2]
+    for m in lines:
+        assert REQUIRED <= set(m) and 0.0 <= m["accuracy"] <= 1.0
+        assert m["cover_x"] == 10            # the VS-loss parameters are never pruned
+        assert m["cover_y"] == 2             # nested importance masks: two full clients
+    assert (out / "final.safetensors").exists()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("keep\n")
+    assert main(["run", "quadratic", "--rounds", "1", "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_config_file_and_set_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('problem = "quadratic"\nrounds = 3\n[problem_options]\ndim = 4\n')
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfg), "--rounds", "2", "--set", "problem.dim=6",
+                 "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["rounds"] == 2 and config["problem_options"]["dim"] == 6
+
+
+BAD = [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["unknown-problem"], "unknown problem 'unknown-problem'"),
+    (["--set", "estimator=magic"], "unknown estimator 'magic'"),
+    (["--set", "policy=magic"], "unknown policy 'magic'"),
+    (["--capacities", "0"], "capacity 0.0 is outside (0, 1]"),
+    (["--capacities", "1.5"], "outside (0, 1]"),
+    (["--capacities", "-0.5"], "outside (0, 1]"),
+    (["--capacities", "nan"], "outside (0, 1]"),
+    (["--capacities", ","], "capacities is empty"),
+    (["--clients", "2", "--capacities", "1,0.5,0.25"], "3 capacities for 2 clients"),
+    (["--rounds", "0"], "rounds=0"),
+    (["--rounds", "-3"], "rounds=-3"),
+    (["--rounds", "ten"], "rounds='ten'"),
+    (["--clients", "0"], "clients=0"),
+    (["--set", "inner_lr=0"], "inner_lr=0.0"),
+    (["--set", "outer_lr=nan"], "outer_lr=nan"),
+    (["--set", "inner_steps=0"], "inner_steps=0"),
+    (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["--set", "problem.no_such=1"], "'no_such'"),
+    (["--set", "novalue"], "not of the form key=value"),
+    (["--config", "/nonexistent/c.toml"], "does not exist"),
+    (["--set", "problem.dataset=cifar"], "unknown dataset 'cifar'"),
+    (["--bogus-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
+    code = main(["run", *argv, "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_malformed_toml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = = 3\n")
+    assert main(["run", "--config", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read config file" in err and err.count("\n") == 1
+
+
+def test_console_script_help_and_error_exit_code():
+    rabo = [sys.executable, "-m", "rabo.cli"]
+    help_text = subprocess.run(rabo + ["run", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for option in ("--method", "--rounds", "--clients", "--capacities", "--seed", "--out",
+                   "--data-dir", "--config", "--set"):
+        assert option in help_text.stdout
+    bad = subprocess.run(rabo + ["run", "--method", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("rabo: error: unknown method")
+    assert "Traceback" not in bad.stderr
