@@ -3,7 +3,7 @@
 import torch
 
 from rabo.accounting import FlopCache, index_bytes, nbytes
-from rabo.submodel import Axis, ChannelPlan
+from rabo.submodel import ChannelPlan
 
 
 def test_linear_forward_counts_two_b_in_out_and_is_cached():

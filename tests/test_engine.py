@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from rabo.accounting import FlopCache
 from rabo.config import RunConfig
 from rabo.experiment import build
 from rabo.runtime.simulate import RunState, run, simulate_round
-from rabo.accounting import FlopCache
 
 PAPER_MIX = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
@@ -46,7 +46,6 @@ def test_cover_numbers_follow_the_policy():
 def test_uncovered_coordinates_stay_unchanged():
     exp = build(RunConfig(problem="quadratic", method="rabo", rounds=1, clients=2,
                           capacities=[0.25], problem_options={"dim": 8}))
-    x, y = exp.problem.init_params(0)
     state = RunState({"x": torch.arange(1.0, 9.0, dtype=torch.float64)},
                      {"y": torch.arange(1.0, 9.0, dtype=torch.float64)})
     metrics = simulate_round(exp, state, FlopCache())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import RunConfig, apply, load_toml, parse_sets, parse_value
 from .errors import ConfigError, RaboError
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .problems import PROBLEMS, get_problem
 
 
@@ -38,6 +38,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--capacity-mode", choices=["fixed", "sampled"], default=None,
                    help="fixed: capacities per client; sampled: each client draws one from the "
                         "list every round (seeded)")
+    p.add_argument("--capacity-trace", metavar="CSV",
+                   help="per-round capacities from a CSV 'round,client,capacity' (rounds 1..T)")
     p.add_argument("--seed", type=str, help="random seed (default: 0)")
     p.add_argument("--out", type=Path,
                    help="run directory (default: runs/PROBLEM-METHOD-seedS)")
@@ -51,11 +53,32 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _cost_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cost", help="FLOPs and bytes per client per round of every method, relative to fedmbo",
+        description="Count, for each method, the FLOPs a client spends per round (inner phase, "
+                    "outer phase) and the bytes it receives and sends, by running the methods' "
+                    "first rounds with the same counting as `rabo run`; ratios are to fedmbo.")
+    p.add_argument("problem", nargs="?", default=None, help=f"problem: {', '.join(PROBLEMS)}")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated methods to compare (default: all)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds to average over (default: 1)")
+    p.add_argument("--clients", type=str, help="number of clients M (default: 10)")
+    p.add_argument("--capacities", type=str, help="width ratios, as for `rabo run`")
+    p.add_argument("--seed", type=str, help="random seed (default: 0)")
+    p.add_argument("--data-dir", help="directory holding the problem's data set files")
+    p.add_argument("--config", help="TOML config file, as for `rabo run`")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key, as for `rabo run`")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rabo", description="Resource-adaptive federated bilevel optimization "
                      "(RABO / RAFBO): dual-pruned submodels, parameter-wise aggregation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _run_parser(sub)
+    _cost_parser(sub)
     return parser
 
 
@@ -64,11 +87,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     config = RunConfig()
     file_values = load_toml(args.config) if args.config else {}
     sets = parse_sets(args.set)
-    flags = {k: v for k, v in {
-        "problem": args.problem, "method": args.method, "rounds": args.rounds,
-        "clients": args.clients, "capacities": args.capacities,
-        "capacity_mode": args.capacity_mode, "seed": args.seed, "data_dir": args.data_dir,
-    }.items() if v is not None}
+    names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
+             "capacity_trace", "seed", "data_dir")
+    flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     # The problem decides which problem.* options exist, so it is settled first.
     problem = sets.get("problem", flags.get("problem", file_values.get("problem", "losstuning")))
     config.problem = parse_value("problem", problem, str)
@@ -99,7 +120,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run}
+def cmd_cost(args: argparse.Namespace) -> int:
+    import json
+
+    from .cost import format_table, measure
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)
+    if args.rounds < 1:
+        raise ConfigError(f"rounds={args.rounds!r} is not allowed; rounds must be an integer ≥ 1")
+    rows = measure(config_from_args(args), methods, args.rounds)
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "cost": cmd_cost}
 
 
 def main(argv: list[str] | None = None) -> int:

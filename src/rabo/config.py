@@ -31,6 +31,7 @@ class RunConfig:
     clients: int = 10
     capacities: list[float] = field(default_factory=lambda: list(PAPER_CAPACITIES))
     capacity_mode: str = "fixed"
+    capacity_trace: str | None = None
     seed: int = 0
     policy: str | None = None
     estimator: str | None = None
@@ -44,6 +45,7 @@ class RunConfig:
     coords: int | None = None
     perturb: str = "auto"
     eval_every: int | None = None
+    adapt_steps: int | None = None
     data_dir: str | None = None
     problem_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
@@ -54,12 +56,13 @@ class RunConfig:
 
 FIELD_TYPES: dict[str, type] = {
     "problem": str, "method": str, "rounds": int, "clients": int, "capacities": list,
-    "capacity_mode": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
+    "capacity_mode": str, "capacity_trace": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
     "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
-    "mu": float, "coords": int, "perturb": str, "eval_every": int, "data_dir": str,
+    "mu": float, "coords": int, "perturb": str, "eval_every": int, "adapt_steps": int,
+    "data_dir": str,
 }
 RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
-                    "step", "mu", "eval_every")
+                    "step", "mu", "eval_every", "adapt_steps")
 
 
 def parse_value(key: str, text: Any, kind: type) -> Any:
@@ -160,7 +163,7 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         out.estimator = method.estimator
     for key in RUN_DEFAULT_KEYS:
         if getattr(out, key) is None:
-            setattr(out, key, problem_defaults[key])
+            setattr(out, key, problem_defaults.get(key, 0))
     for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):

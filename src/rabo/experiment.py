@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .capacity import CapacitySchedule
+from .capacity import CapacitySchedule, read_trace
 from .client import ClientSettings
 from .config import RunConfig, resolve
 from .errors import ConfigError, lookup
@@ -32,7 +32,7 @@ def build(config: RunConfig) -> Experiment:
     problem_cls = get_problem(config.problem)
     unknown = set(config.problem_options) - set(problem_cls.options)
     if unknown:
-        raise ConfigError(f"unknown option {sorted(unknown)[0]!r} of problem {config.problem!r}; "
+        raise ConfigError(f"unknown option {min(unknown)!r} of problem {config.problem!r}; "
                           f"allowed: {', '.join(sorted(problem_cls.options))}")
     cfg = resolve(config, problem_cls.defaults)
     if cfg.estimator is not None:
@@ -41,10 +41,15 @@ def build(config: RunConfig) -> Experiment:
     problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
                           **cfg.problem_options)
     cfg.problem_options = problem.config()
-    schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed)
+    if cfg.capacity_trace is not None:
+        cfg.capacity_mode = "trace"
+    trace = read_trace(cfg.capacity_trace, cfg.clients, cfg.rounds) \
+        if cfg.capacity_mode == "trace" else None
+    schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed,
+                                trace)
     options = {"terms": cfg.terms, "step": cfg.step, "mu": cfg.mu, "coords": cfg.coords,
                "perturb": cfg.perturb}
     settings = ClientSettings(cfg.inner_steps, cfg.inner_lr,
                               cfg.outer_steps if cfg.estimator else 0, cfg.outer_lr,
-                              cfg.estimator, options)
+                              cfg.estimator, options, cfg.adapt_steps)
     return Experiment(cfg, problem, policy, schedule, settings)

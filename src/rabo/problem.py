@@ -9,7 +9,7 @@ so the same code runs on a client's submodel and on the full model.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ class BilevelProblem:
     plan: ChannelPlan
     num_clients: int
     episodic: bool = False
-    defaults: dict[str, Any] = {}
-    options: dict[str, Any] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[dict[str, Any]] = {}
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
         """Initial full-size (x⁰, y⁰)."""
@@ -55,6 +55,11 @@ class BilevelProblem:
     def restrict(self, batch: Batch, index: SubmodelIndex) -> Batch:
         """The batch as seen by a submodel: problems whose data are indexed by parameter
         coordinates (the quadratic's matrices) slice them here; data of a network pass through."""
+        return batch
+
+    def inner_batch(self, batch: Batch) -> Batch:
+        """The part of a batch that g reads (few-shot: the support set), so that the inner
+        steps do not compute features of data only f needs."""
         return batch
 
     def cost_key(self, client: int) -> Hashable:

@@ -8,7 +8,7 @@ w = C · softmax(log_w) (weights average 1, so only their ratios are tuned); x =
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,9 +53,9 @@ def balanced_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> float
 
 class LossTuning(BilevelProblem):
     name = "losstuning"
-    defaults = {"rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1,
+    defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1,
                 "outer_lr": 0.5, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10}
-    options = {"dataset": "digits", "model": "mlp", "hidden": 128, "rho": 10.0,
+    options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "mlp", "hidden": 128, "rho": 10.0,
                "batch_size": 32, "weight_decay": 1e-4, "partition": "iid", "alpha": 0.5,
                "test_per_class": 50, "prune": "y"}
 

@@ -14,7 +14,7 @@ the fixed point (the paper's Assumption 5 term).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ from ..submodel import Params, SubmodelIndex, vector_plan
 
 class Quadratic(BilevelProblem):
     name = "quadratic"
-    defaults = {"rounds": 400, "inner_steps": 5, "inner_lr": 0.4, "outer_steps": 1,
+    defaults: ClassVar[dict[str, Any]] = {"rounds": 400, "inner_steps": 5, "inner_lr": 0.4, "outer_steps": 1,
                 "outer_lr": 0.5, "terms": 20, "step": 0.45, "mu": 1e-3, "eval_every": 50}
-    options = {"dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0,
+    options: ClassVar[dict[str, Any]] = {"dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0,
                "dtype": "float64"}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
@@ -59,7 +59,7 @@ class Quadratic(BilevelProblem):
             A = np.stack([self._spd(rng, d) for _ in range(m)])
             B = rng.normal(0.0, 0.6 / np.sqrt(d), (m, d, d)) + np.eye(d) * 0.75
         D = np.diag(rng.uniform(0.5, 1.0, d))
-        t = lambda a: torch.tensor(a, dtype=self.dtype)  # noqa: E731
+        t = lambda a: torch.tensor(a, dtype=self.dtype)
         self.A, self.B, self.c, self.D, self.lam = t(A), t(B), t(c), t(D), lam
         self.plan = vector_plan({"x": torch.zeros(d), "y": torch.zeros(d)},
                                 {"x": "coord", "y": "coord"})

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[s
         xs, ys = plan.extract(x, index), plan.extract(y, index)
         (delta, m), fl = flops.run(
             ("inner", problem.cost_key(i), shape_key(xs), shape_key(ys)),
-            lambda: client.inner_phase(problem, xs, ys, index, i, t, exp.settings, cfg.seed))
+            partial(client.inner_phase, problem, xs, ys, index, i, t, exp.settings, cfg.seed))
         inner_deltas.append(delta)
         inner_losses.append(m["inner_loss"])
         cost["flops_inner"] += fl
@@ -57,7 +58,7 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[s
             xs, ys = plan.extract(x, index), plan.extract(y, index)
             (delta, m), fl = flops.run(
                 ("outer", problem.cost_key(i), shape_key(xs), shape_key(ys)),
-                lambda: client.outer_phase(problem, xs, ys, index, i, t, exp.settings, cfg.seed))
+                partial(client.outer_phase, problem, xs, ys, index, i, t, exp.settings, cfg.seed))
             outer_deltas.append(delta)
             outer_losses.append(m["outer_loss"])
             cost["flops_outer"] += fl
@@ -106,7 +107,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True) -> RunS
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        metrics_file = open(out / "metrics.jsonl", "w")
+        metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 (closed in finally)
     bar = tqdm(total=cfg.rounds, disable=not progress, desc=f"{cfg.method} on {cfg.problem}",
                unit="round", dynamic_ncols=True)
     try:

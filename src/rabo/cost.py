@@ -1,0 +1,53 @@
+"""Cost report (SPEC §6): per method, FLOPs per client per round (inner and outer phase) and
+bytes down and up, with ratios to FedMBO, from the very counting the runs use."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from .accounting import FlopCache
+from .config import RunConfig
+from .experiment import build
+from .methods import METHODS
+from .runtime.simulate import RunState, simulate_round
+
+COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")
+
+
+def measure(config: RunConfig, methods: Sequence[str] = tuple(METHODS),
+            rounds: int = 1) -> list[dict[str, Any]]:
+    """Run ``rounds`` rounds of each method from the initial model and average the counted
+    costs per client per round; ratios are to ``fedmbo`` on the same problem and data."""
+    rows = []
+    for name in dict.fromkeys(["fedmbo", *methods]):
+        exp = build(dataclasses.replace(config, method=name, rounds=rounds, policy=None,
+                                        estimator=None))
+        state = RunState(*exp.problem.init_params(exp.config.seed))
+        flops = FlopCache()
+        history = [simulate_round(exp, state, flops) for _ in range(rounds)]
+        per = rounds * exp.config.clients
+        row = {"method": name, **{c: sum(m[c] for m in history) / per for c in COLUMNS}}
+        row["cover_x"] = min(m["cover_x"] for m in history)
+        row["cover_y"] = min(m["cover_y"] for m in history)
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["flops_ratio"] = row["flops"] / base["flops"] if base["flops"] else float("nan")
+        comm, base_comm = row["bytes_down"] + row["bytes_up"], base["bytes_down"] + base["bytes_up"]
+        row["bytes_ratio"] = comm / base_comm
+    return [r for r in rows if r["method"] in methods]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the cost report."""
+    head = ("| method | GFLOP inner | GFLOP outer | GFLOP total | MB down | MB up | FLOPs / "
+            "fedmbo | bytes / fedmbo | C_x | C_y |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['flops_inner'] / 1e9:.4f} | {r['flops_outer'] / 1e9:.4f} | "
+            f"{r['flops'] / 1e9:.4f} | {r['bytes_down'] / 1e6:.4f} | {r['bytes_up'] / 1e6:.4f} | "
+            f"{r['flops_ratio']:.3f} | {r['bytes_ratio']:.3f} | {r['cover_x']} | {r['cover_y']} |")
+    return "\n".join(lines)
