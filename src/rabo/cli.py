@@ -50,6 +50,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100; "
                         "repeatable")
+    p.add_argument("--threads", type=str,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
+                        "built-in problems on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -88,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     file_values = load_toml(args.config) if args.config else {}
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir")
+             "capacity_trace", "seed", "data_dir", "threads")
     flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     # The problem decides which problem.* options exist, so it is settled first.
     problem = sets.get("problem", flags.get("problem", file_values.get("problem", "losstuning")))

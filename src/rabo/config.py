@@ -47,6 +47,7 @@ class RunConfig:
     eval_every: int | None = None
     adapt_steps: int | None = None
     data_dir: str | None = None
+    threads: int | None = None
     problem_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
 
@@ -59,7 +60,7 @@ FIELD_TYPES: dict[str, type] = {
     "capacity_mode": str, "capacity_trace": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
     "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
     "mu": float, "coords": int, "perturb": str, "eval_every": int, "adapt_steps": int,
-    "data_dir": str,
+    "data_dir": str, "threads": int,
 }
 RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
                     "step", "mu", "eval_every", "adapt_steps")
@@ -168,12 +169,14 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):
         _positive(key, getattr(out, key), integer=False)
+    if out.threads is not None:
+        _positive("threads", out.threads, integer=True)
     if out.coords is not None:
         _positive("coords", out.coords, integer=True)
     if out.seed < 0:
         raise ConfigError(f"seed={out.seed!r} is not allowed; seed must be an integer ≥ 0")
     out.capacities = check_capacities(out.capacities)
-    if len(out.capacities) > out.clients:
+    if len(out.capacities) > out.clients and out.capacity_trace is None:
         raise ConfigError(f"{len(out.capacities)} capacities for {out.clients} clients; "
                           f"give at most one per client")
     return out

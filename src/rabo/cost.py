@@ -19,11 +19,13 @@ COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")
 def measure(config: RunConfig, methods: Sequence[str] = tuple(METHODS),
             rounds: int = 1) -> list[dict[str, Any]]:
     """Run ``rounds`` rounds of each method from the initial model and average the counted
-    costs per client per round; ratios are to ``fedmbo`` on the same problem and data."""
+    costs per client per round; ratios are to ``fedmbo`` (its preset, whatever policy or
+    estimator ``config`` overrides for the others) on the same problem and data."""
     rows = []
     for name in dict.fromkeys(["fedmbo", *methods]):
-        exp = build(dataclasses.replace(config, method=name, rounds=rounds, policy=None,
-                                        estimator=None))
+        preset = {"policy": None, "estimator": None, "policy_options": {}} \
+            if name == "fedmbo" else {}
+        exp = build(dataclasses.replace(config, method=name, rounds=rounds, **preset))
         state = RunState(*exp.problem.init_params(exp.config.seed))
         flops = FlopCache()
         history = [simulate_round(exp, state, flops) for _ in range(rounds)]

@@ -41,10 +41,11 @@ def build(config: RunConfig) -> Experiment:
     problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
                           **cfg.problem_options)
     cfg.problem_options = problem.config()
+    trace = None
     if cfg.capacity_trace is not None:
+        trace = read_trace(cfg.capacity_trace, cfg.clients, cfg.rounds)
         cfg.capacity_mode = "trace"
-    trace = read_trace(cfg.capacity_trace, cfg.clients, cfg.rounds) \
-        if cfg.capacity_mode == "trace" else None
+        cfg.capacities = sorted({r for row in trace.values() for r in row}, reverse=True)
     schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed,
                                 trace)
     options = {"terms": cfg.terms, "step": cfg.step, "mu": cfg.mu, "coords": cfg.coords,

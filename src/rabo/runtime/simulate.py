@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from .. import client, server
@@ -100,6 +101,8 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True) -> RunS
     from tqdm import tqdm
 
     cfg = exp.config
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     x, y = exp.problem.init_params(cfg.seed)
     state = RunState(x, y)
     flops = FlopCache()
