@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rabo.errors import ConfigError, UnknownNameError
-from rabo.hypergrad import ESTIMATORS, hypergradient
+from rabo.hypergrad import ESTIMATORS, estimate, hypergradient
 
 IMPLICIT = ["neumann", "cg", "fd", "fd-dir"]
 
@@ -291,3 +291,13 @@ def test_flop_counter_sees_every_estimator():
         flops[name] = counter.get_total_flops()
     assert all(v > 0 for v in flops.values())
     assert flops["first-order"] < min(flops[n] for n in IMPLICIT)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_estimate_returns_the_outer_loss_it_evaluated(name):
+    problem = Quadratic()
+    h, f = estimate(problem, problem.x, problem.y, None, name, **quad_options(problem))
+    assert f == pytest.approx(float(problem.outer_loss(problem.x, problem.y, None)), rel=1e-12)
+    assert all(torch.equal(h[n], g) for n, g in
+               hypergradient(problem, problem.x, problem.y, None, name,
+                             **quad_options(problem)).items())

@@ -52,3 +52,12 @@ def index_bytes(plan: ChannelPlan, index: SubmodelIndex) -> int:
     """Bytes of the index sets sent with a submodel; a group kept whole needs none."""
     return sum(len(idx) * INDEX_ITEMSIZE for g, idx in index.items()
                if len(idx) < plan.groups[g])
+
+
+def message_bytes(plan: ChannelPlan, phase: str, x: Params, y: Params,
+                  index: SubmodelIndex) -> int:
+    """Bytes the server sends a client for a phase (SPEC §6): the inner phase carries x̃, ỹ and
+    the index sets; the outer phase carries ỹ^{t+1} (the client keeps x̃ and the index sets)."""
+    if phase == "inner":
+        return nbytes(x) + nbytes(y) + index_bytes(plan, index)
+    return nbytes(y)

@@ -20,17 +20,11 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="run a federated bilevel problem in the in-process simulator",
-        description="Run PROBLEM with a method for T rounds over M simulated clients and write "
-                    "config.json, metrics.jsonl and final.safetensors into the run directory. "
-                    "Precedence: built-in defaults < --config file < flags < --set.")
+def _config_options(p: argparse.ArgumentParser) -> None:
+    """The options that build a run's config, shared by ``rabo run`` and ``rabo cost``."""
     p.add_argument("problem", nargs="?", default=None,
                    help=f"problem to solve: {', '.join(PROBLEMS)} (default: losstuning on "
                         f"scikit-learn digits)")
-    p.add_argument("--method", help=f"method preset: {', '.join(METHODS)} (default: rabo)")
-    p.add_argument("--rounds", type=str, help="global iterations T (default: the problem's)")
     p.add_argument("--clients", type=str, help="number of clients M (default: 10)")
     p.add_argument("--capacities", type=str,
                    help="comma-separated width ratios in (0, 1]: one per client, or fewer spread "
@@ -41,18 +35,30 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--capacity-trace", metavar="CSV",
                    help="per-round capacities from a CSV 'round,client,capacity' (rounds 1..T)")
     p.add_argument("--seed", type=str, help="random seed (default: 0)")
+    p.add_argument("--data-dir", help="directory holding the problem's data set files")
+    p.add_argument("--config", help="TOML file of config keys, with [problem_options] and "
+                                    "[policy_options] tables")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100 "
+                        "--set policy.rotate=false; repeatable")
+    p.add_argument("--threads", type=str,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
+                        "built-in problems on a busy machine)")
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run a federated bilevel problem in the in-process simulator",
+        description="Run PROBLEM with a method for T rounds over M simulated clients and write "
+                    "config.json, metrics.jsonl and final.safetensors into the run directory. "
+                    "Precedence: built-in defaults < --config file < flags < --set.")
+    _config_options(p)
+    p.add_argument("--method", help=f"method preset: {', '.join(METHODS)} (default: rabo)")
+    p.add_argument("--rounds", type=str, help="global iterations T (default: the problem's)")
     p.add_argument("--out", type=Path,
                    help="run directory (default: runs/PROBLEM-METHOD-seedS)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory instead of refusing")
-    p.add_argument("--data-dir", help="directory holding the problem's data set files")
-    p.add_argument("--config", help="TOML file of config keys, with [problem_options] and [policy_options] tables")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100; "
-                        "repeatable")
-    p.add_argument("--threads", type=str,
-                   help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
-                        "built-in problems on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -62,17 +68,10 @@ def _cost_parser(sub: argparse._SubParsersAction) -> None:
         description="Count, for each method, the FLOPs a client spends per round (inner phase, "
                     "outer phase) and the bytes it receives and sends, by running the methods' "
                     "first rounds with the same counting as `rabo run`; ratios are to fedmbo.")
-    p.add_argument("problem", nargs="?", default=None, help=f"problem: {', '.join(PROBLEMS)}")
+    _config_options(p)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated methods to compare (default: all)")
     p.add_argument("--rounds", type=int, default=1, help="rounds to average over (default: 1)")
-    p.add_argument("--clients", type=str, help="number of clients M (default: 10)")
-    p.add_argument("--capacities", type=str, help="width ratios, as for `rabo run`")
-    p.add_argument("--seed", type=str, help="random seed (default: 0)")
-    p.add_argument("--data-dir", help="directory holding the problem's data set files")
-    p.add_argument("--config", help="TOML config file, as for `rabo run`")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any config key, as for `rabo run`")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
 
 

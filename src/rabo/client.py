@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .hypergrad import hypergradient
+from .hypergrad import estimate
 from .problem import Batch, BilevelProblem
 from .submodel import Params, SubmodelIndex
 
@@ -108,10 +108,10 @@ def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIn
         for task in tasks:
             yt = descend(problem, xk, y, [task] * settings.adapt_steps, settings.inner_lr)[0] \
                 if problem.episodic else y
-            with torch.no_grad():
-                losses.append(float(problem.outer_loss(xk, yt, task)))
-            grads.append(hypergradient(problem, xk, yt, task, settings.estimator, t=round,
-                                       **settings.estimator_options))
+            h, f = estimate(problem, xk, yt, task, settings.estimator, t=round,
+                            **settings.estimator_options)
+            grads.append(h)
+            losses.append(f)
         xk = {n: p - settings.outer_lr * torch.stack([g[n] for g in grads]).mean(0)
               for n, p in xk.items()}
     delta = {n: x0[n] - xk[n] for n in x0}

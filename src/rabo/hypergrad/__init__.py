@@ -1,5 +1,19 @@
 """Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, SPEC §3), one module each, chosen
-by name from :data:`ESTIMATORS` and called through :func:`hypergradient`."""
+by name from :data:`ESTIMATORS` and called through :func:`hypergradient`.
+
+Features computed once (SPEC §3). A problem MAY split its losses at their x-only part::
+
+    def features(self, x, batch) -> Any                 # e.g. backbone features of support and query
+    def inner_loss_from(self, feats, y, batch) -> Tensor  # inner_loss(x, y, b) == this(features(x, b), y, b)
+    def outer_loss_from(self, feats, y, batch) -> Tensor  # outer_loss(x, y, b) == this(features(x, b), y, b)
+
+``features`` must be differentiable in x (any pytree of tensors). With it, each estimator computes
+the features once per call, inside whatever measures the call (FLOPs are counted around it, §6):
+∇_y g, ∇_y f, exact and finite-difference HVPs and the perturbed y's of ``fd``/``fd-dir`` run on
+them, and ĥ = ∇_x [f − s] with ∇_x s = J v is one backward through the features into x. Without
+it (and for ``fd`` differencing x, whose perturbations change the features) the plain losses are
+used: the same code with features(x) = x (:class:`~rabo.hypergrad._common.Split`).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +26,14 @@ import torch
 from ..errors import ConfigError, lookup
 from ..problem import Batch, Objective
 from ..submodel import Params
-from ._common import Options
+from ._common import Estimate, Options
 from .cg import cg
 from .fd import fd
 from .fd_dir import fd_dir
 from .first_order import first_order
 from .neumann import neumann
 
-Estimator = Callable[[Objective, Params, Params, Batch, Options], Params]
+Estimator = Callable[[Objective, Params, Params, Batch, Options], Estimate]
 
 ESTIMATORS: dict[str, Estimator] = {
     "neumann": neumann,
@@ -51,6 +65,17 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
                   mu: float = 1e-3, coords: int | None = None, perturb: str = "auto",
                   t: int = 0) -> Params:
     """ĥ ≈ ∇F(x) at (x, y) by the named estimator: a detached dict with x's names, shapes and dtype.
+    See :func:`estimate` for the options."""
+    return estimate(problem, x, y, batch, estimator, terms=terms, step=step, mu=mu,
+                    coords=coords, perturb=perturb, t=t)[0]
+
+
+def estimate(problem: Objective, x: Params, y: Params, batch: Batch,
+             estimator: str = "neumann", *, terms: int = 10, step: float = 0.1,
+             mu: float = 1e-3, coords: int | None = None, perturb: str = "auto",
+             t: int = 0) -> Estimate:
+    """(ĥ, f(x, y)): the hypergradient and the outer loss the estimator evaluated on the way, so
+    a client logs f without computing it again.
 
     ``terms`` is Q (Neumann terms / CG iterations), ``step`` the Neumann step η_N (≤ 1/L_g),
     ``mu`` the finite-difference step μ, ``coords`` the size k of the cycling coordinate block of
@@ -71,4 +96,4 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
         return function(problem, x, y, batch, opts)
 
 
-__all__ = ["ESTIMATORS", "Options", "hypergradient"]
+__all__ = ["ESTIMATORS", "Estimate", "Options", "estimate", "hypergradient"]

@@ -1,15 +1,17 @@
 """Shared pieces of the hypergradient estimators (SPEC §3): flat vectors over parameter dicts,
-first-order gradients, and products with H = ∇²_yy g and J = ∇²_xy g, exact or by central
-differences of first-order gradients."""
+first-order gradients, the losses split at their x-only features (:class:`Split`), and products
+with H = ∇²_yy g and J = ∇²_xy g, exact or by central differences of first-order gradients."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import grad, vmap
+from torch.utils._pytree import tree_map_only
 
 from ..problem import Batch, Objective
 from ..submodel import Params
@@ -64,35 +66,80 @@ def flat_grad(output: Tensor, wrt: Iterable[Tensor], grad_output: Tensor | None 
     return _cat(torch.autograd.grad(output, wrt, grad_output, materialize_grads=True, **kwargs))
 
 
-def outer_grads(problem: Objective, x: Params, y: Params, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Flat (∇_x f, ∇_y f) at (x, y) from one backward."""
+@dataclass(frozen=True)
+class Split:
+    """A problem's two losses split at their x-only part, for one batch: g(x, y) =
+    ``inner(features(x), y)`` and f(x, y) = ``outer(features(x), y)`` (SPEC §3: features that do
+    not depend on the perturbed variable are computed once). :meth:`of` takes the split a problem
+    offers (``features``, ``inner_loss_from``, ``outer_loss_from``); without one, or from
+    :meth:`plain`, features(x) = x and the plain losses, so every estimator has one code path."""
+
+    features: Callable[[Params], Any]
+    inner: Callable[[Any, Params], Tensor]
+    outer: Callable[[Any, Params], Tensor]
+
+    @classmethod
+    def plain(cls, problem: Objective, batch: Batch) -> Split:
+        """features = x: every loss evaluation recomputes whatever depends on x."""
+        return cls(lambda x: x, lambda x, y: problem.inner_loss(x, y, batch),
+                   lambda x, y: problem.outer_loss(x, y, batch))
+
+    @classmethod
+    def of(cls, problem: Objective, batch: Batch) -> Split:
+        """The problem's own split if it defines ``features``, else :meth:`plain`."""
+        if not hasattr(problem, "features"):
+            return cls.plain(problem, batch)
+        return cls(lambda x: problem.features(x, batch),
+                   lambda feats, y: problem.inner_loss_from(feats, y, batch),
+                   lambda feats, y: problem.outer_loss_from(feats, y, batch))
+
+
+Estimate = tuple[Params, float]
+"""An estimator's result: ĥ, and the outer loss f(x, y) it evaluated on the way."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """What every implicit estimator starts from at (x, y): autograd leaves ``x``, ``y``, the
+    features computed once (differentiable in x), f with its graph kept and ∇_y f (flat)."""
+
+    split: Split
+    x: Params
+    y: Params
+    feats: Any
+    f: Tensor
+    grad_y_f: Tensor
+
+
+def start(split: Split, x: Params, y: Params) -> Point:
+    """Features once, then f and ∇_y f from a backward through f's y-side only."""
     xl, yl = leaves(x, True), leaves(y, True)
-    both = flat_grad(problem.outer_loss(xl, yl, batch), [*xl.values(), *yl.values()])
-    nx = sum(p.numel() for p in x.values())
-    return both[:nx], both[nx:]
+    feats = split.features(xl)
+    f = split.outer(feats, yl)
+    return Point(split, xl, yl, feats, f, flat_grad(f, yl.values(), retain_graph=True))
 
 
-def implicit(x: Params, fx: Tensor, jv: Tensor) -> Params:
-    """ĥ = ∇_x f − J v (eq 9) in x's names and shapes, detached."""
-    return {n: p.detach() for n, p in unflatten(fx - jv, x).items()}
+def fixed(feats: Any) -> Any:
+    """The features detached: for y-side work whose result must carry no gradient to x."""
+    return tree_map_only(Tensor, Tensor.detach, feats)
 
 
-def exact_products(problem: Objective, x: Params, y: Params, batch: Batch) -> tuple[MatVec, MatVec]:
-    """(u ↦ H u, v ↦ J v) by double backward through one ∇_y g built with create_graph, so the
-    parts of g that depend on x only (a backbone's features) are evaluated once."""
-    xl, yl = leaves(x, True), leaves(y, True)
-    grad_y = flat_grad(problem.inner_loss(xl, yl, batch), yl.values(), create_graph=True)
-    return (lambda u: flat_grad(grad_y, yl.values(), u, retain_graph=True),
-            lambda v: flat_grad(grad_y, xl.values(), v, retain_graph=True))
+def implicit(x: Params, point: Point, s: Tensor | float = 0.0) -> Estimate:
+    """ĥ = ∇_x (f − s) in x's names and shapes, detached, from ONE backward through x's
+    computation (a backbone's features): ∇_x s = J v gives eq 9. Returns f's value too."""
+    grads = unflatten(flat_grad(point.f - s, point.x.values()), x)
+    return {n: p.detach() for n, p in grads.items()}, float(point.f.detach())
 
 
 def aid(problem: Objective, x: Params, y: Params, batch: Batch,
-        solve: Callable[[MatVec, Tensor], Tensor]) -> Params:
-    """Approximate implicit differentiation: v = solve(H·, ∇_y f) with exact HVPs, then
-    ĥ = ∇_x f − J v with J v = ∇_x ⟨∇_y g, v⟩."""
-    fx, fy = outer_grads(problem, x, y, batch)
-    hvp, jvp = exact_products(problem, x, y, batch)
-    return implicit(x, fx, jvp(solve(hvp, fy)))
+        solve: Callable[[MatVec, Tensor], Tensor]) -> Estimate:
+    """Approximate implicit differentiation: v = solve(H·, ∇_y f) with exact HVPs by double
+    backward through one ∇_y g built on the features, then ĥ = ∇_x [f − ⟨∇_y g, v⟩] with v
+    fixed, i.e. ∇_x f − J v, in one backward."""
+    p = start(Split.of(problem, batch), x, y)
+    grad_y_g = flat_grad(p.split.inner(p.feats, p.y), p.y.values(), create_graph=True)
+    v = solve(lambda u: flat_grad(grad_y_g, p.y.values(), u, retain_graph=True), p.grad_y_f)
+    return implicit(x, p, grad_y_g @ v)
 
 
 def fd_step(mu: float, point: Tensor, direction_norm: float | Tensor) -> float | Tensor:
@@ -101,43 +148,39 @@ def fd_step(mu: float, point: Tensor, direction_norm: float | Tensor) -> float |
     return mu * max(float(point.norm()), 1.0) / direction_norm
 
 
-def inner_grads_y(problem: Objective, x: Params, y: Params, batch: Batch, *,
-                  x_rows: Tensor | None = None, y_rows: Tensor | None = None) -> Tensor:
-    """Rows ∇_y g(x_i, y) for flat x_rows, or ∇_y g(x, y_i) for flat y_rows, batched with vmap
-    over the perturbed variable only (the same random draws for every row)."""
-    def grad_y(xf: Tensor, yf: Tensor) -> Tensor:
-        return grad(lambda v: problem.inner_loss(unflatten(xf, x), unflatten(v, y), batch))(yf)
-
-    xf, yf = flatten(leaves(x)), flatten(leaves(y))
-    if x_rows is not None:
-        return vmap(grad_y, in_dims=(0, None), randomness="same")(x_rows, yf)
-    return vmap(grad_y, in_dims=(None, 0), randomness="same")(xf, y_rows)
+def batched(function: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """``function`` on each row, by vmap over the rows only: what the function closes over (the
+    features, the other variable) is computed once and unbatched; the same random draws for every
+    row."""
+    return vmap(function, randomness="same")(rows)
 
 
-def fd_hvp(problem: Objective, x: Params, y: Params, batch: Batch, mu: float) -> MatVec:
-    """u ↦ H u ≈ (∇_y g(x, y + μ'u) − ∇_y g(x, y − μ'u)) / 2μ', first-order gradients only."""
+def fd_hvp(split: Split, feats: Any, y: Params, mu: float) -> MatVec:
+    """u ↦ H u ≈ (∇_y g(x, y + μ'u) − ∇_y g(x, y − μ'u)) / 2μ', first-order gradients only, on
+    the fixed features (see :func:`fixed`)."""
     yf = flatten(leaves(y))
+    grad_y = grad(lambda v: split.inner(feats, unflatten(v, y)))
 
     def hvp(u: Tensor) -> Tensor:
         norm = float(u.norm())
         if norm == 0.0:
             return torch.zeros_like(u)
         step = fd_step(mu, yf, norm)
-        g = inner_grads_y(problem, x, y, batch, y_rows=torch.stack([yf + step * u, yf - step * u]))
+        g = batched(grad_y, torch.stack([yf + step * u, yf - step * u]))
         return (g[0] - g[1]) / (2 * step)
 
     return hvp
 
 
-def fd_jvp_y(problem: Objective, x: Params, y: Params, batch: Batch, directions: Tensor,
-             weights: Tensor, mu: float) -> Tensor:
-    """Σ_i w_i (∇_x g(x, y + μ_i d_i) − ∇_x g(x, y − μ_i d_i)) / 2μ_i for nonzero rows d_i, as
-    ∇_x of one scalar: the 2k perturbed y's batched by vmap with x unbatched (x-only parts of g
-    run once), then one backward through x."""
-    xl, yf = leaves(x, True), flatten(leaves(y))
+def fd_jv_y(split: Split, feats: Any, y: Params, directions: Tensor, weights: Tensor,
+            mu: float) -> Tensor:
+    """The scalar s = Σ_i w_i (g(x, y + μ_i d_i) − g(x, y − μ_i d_i)) / 2μ_i for nonzero rows d_i,
+    whose ∇_x is the central-difference J (Σ_i w_i d_i): the 2k perturbed y's batched by vmap on
+    the features (differentiable in x, computed once), so ∇_x s is one backward through x."""
+    yf = flatten(leaves(y))
     steps = fd_step(mu, yf, directions.norm(dim=1))
     shifts = steps[:, None] * directions
-    values = vmap(lambda v: problem.inner_loss(xl, unflatten(v, y), batch), randomness="same")(
-        torch.cat([yf + shifts, yf - shifts]))
+    values = batched(lambda v: split.inner(feats, unflatten(v, y)),
+                     torch.cat([yf + shifts, yf - shifts]))
     k = len(directions)
-    return flat_grad((weights * (values[:k] - values[k:]) / (2 * steps)).sum(), xl.values())
+    return (weights * (values[:k] - values[k:]) / (2 * steps)).sum()

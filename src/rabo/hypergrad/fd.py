@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.func import grad
 from torch.nn.functional import one_hot
 
-from ..problem import Batch, Objective
+from ..problem import Batch, Objective, numel
 from ..submodel import Params
 from ._common import (
+    Estimate,
     Options,
+    Split,
+    batched,
     fd_hvp,
-    fd_jvp_y,
+    fd_jv_y,
     fd_step,
+    fixed,
     flatten,
     implicit,
-    inner_grads_y,
     leaves,
-    outer_grads,
+    start,
+    unflatten,
 )
 from .solvers import neumann_solve
 
@@ -33,29 +38,35 @@ def coordinate_block(n: int, coords: int | None, t: int,
     return (t * k + torch.arange(k, device=device)) % n, n / k
 
 
-def jvp_x_coords(problem: Objective, x: Params, y: Params, batch: Batch, v: Tensor,
-                 block: Tensor, mu: float) -> Tensor:
+def jvp_x_coords(split: Split, x: Params, y: Params, v: Tensor, block: Tensor,
+                 mu: float) -> Tensor:
     """[J v]_c = ⟨(∇_y g(x + μ'e_c, y) − ∇_y g(x − μ'e_c, y)) / 2μ', v⟩ for c in the block (zero
-    elsewhere): the paper's vector-vector form, the 2k perturbed x's batched by vmap."""
-    xf = flatten(leaves(x))
+    elsewhere): the paper's vector-vector form, the 2k perturbed x's batched by vmap (each
+    recomputes x's features: they depend on the perturbed variable)."""
+    xf, yf = flatten(leaves(x)), flatten(leaves(y))
     step = fd_step(mu, xf, 1.0)
     shifts = step * one_hot(block, len(xf)).to(xf)
-    g = inner_grads_y(problem, x, y, batch, x_rows=torch.cat([xf + shifts, xf - shifts]))
+    g = batched(lambda row: grad(lambda w: split.inner(split.features(unflatten(row, x)),
+                                                     unflatten(w, y)))(yf),
+                torch.cat([xf + shifts, xf - shifts]))
     k = len(block)
     return torch.zeros_like(xf).index_put_((block,), (g[:k] - g[k:]) @ v / (2 * step))
 
 
-def fd(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Params:
+def fd(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
     """ĥ = ∇_x f − (n/k) Σ_{c∈C_t} (J v along e_c), v from the Neumann recursion with
     finite-difference HVPs; ``perturb="auto"`` differences the variable with fewer coordinates
-    (y on a tie: one backward through x instead of 2k gradients)."""
-    fx, fy = outer_grads(problem, x, y, batch)
-    v = neumann_solve(fd_hvp(problem, x, y, batch, opts.mu), fy, opts.terms, opts.step)
-    side = opts.perturb if opts.perturb != "auto" else ("x" if len(fx) < len(fy) else "y")
-    n = len(fx) if side == "x" else len(fy)
-    block, weight = coordinate_block(n, opts.coords, opts.t, fx.device)
-    if side == "x":
-        jv = jvp_x_coords(problem, x, y, batch, v, block, opts.mu)
-    else:
-        jv = fd_jvp_y(problem, x, y, batch, one_hot(block, n).to(v), v[block], opts.mu)
-    return implicit(x, fx, weight * jv)
+    (y on a tie: one backward through x instead of 2k gradients). Differencing y runs on the
+    problem's features computed once; differencing x recomputes them per perturbation, so it
+    uses the plain losses (:meth:`Split.plain`)."""
+    side = opts.perturb if opts.perturb != "auto" else ("x" if numel(x) < numel(y) else "y")
+    split = Split.plain(problem, batch) if side == "x" else Split.of(problem, batch)
+    p = start(split, x, y)
+    v = neumann_solve(fd_hvp(split, fixed(p.feats), y, opts.mu), p.grad_y_f, opts.terms, opts.step)
+    n = numel(x) if side == "x" else numel(y)
+    block, weight = coordinate_block(n, opts.coords, opts.t, v.device)
+    if side == "x":  # ∇_x ⟨x, J v⟩ = J v, with J v fixed
+        jv = jvp_x_coords(split, x, y, v, block, opts.mu)
+        return implicit(x, p, flatten(p.x) @ (weight * jv))
+    jv_scalar = fd_jv_y(split, p.feats, y, one_hot(block, n).to(v), v[block], opts.mu)
+    return implicit(x, p, weight * jv_scalar)

@@ -8,14 +8,16 @@ import torch
 
 from ..problem import Batch, Objective
 from ..submodel import Params
-from ._common import Options, fd_hvp, fd_jvp_y, implicit, outer_grads
+from ._common import Estimate, Options, Split, fd_hvp, fd_jv_y, fixed, implicit, start
 from .solvers import neumann_solve
 
 
-def fd_dir(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Params:
-    """ĥ = ∇_x f − J v, with H u and J v both central differences of first-order gradients."""
-    fx, fy = outer_grads(problem, x, y, batch)
-    v = neumann_solve(fd_hvp(problem, x, y, batch, opts.mu), fy, opts.terms, opts.step)
+def fd_dir(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
+    """ĥ = ∇_x f − J v, with H u and J v both central differences of first-order gradients on the
+    features computed once."""
+    split = Split.of(problem, batch)
+    p = start(split, x, y)
+    v = neumann_solve(fd_hvp(split, fixed(p.feats), y, opts.mu), p.grad_y_f, opts.terms, opts.step)
     if not torch.any(v):  # no direction to difference along: J v = 0
-        return implicit(x, fx, torch.zeros_like(fx))
-    return implicit(x, fx, fd_jvp_y(problem, x, y, batch, v[None], v.new_ones(1), opts.mu))
+        return implicit(x, p)
+    return implicit(x, p, fd_jv_y(split, p.feats, y, v[None], v.new_ones(1), opts.mu))

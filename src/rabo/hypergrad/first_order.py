@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from ..problem import Batch, Objective
 from ..submodel import Params
-from ._common import Options, flat_grad, leaves, unflatten
+from ._common import Estimate, Options, flat_grad, leaves, unflatten
 
 
-def first_order(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Params:
-    """ĥ = ∇_x f(x, y), y held fixed."""
+def first_order(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
+    """ĥ = ∇_x f(x, y), y held fixed. f is evaluated once, so the plain ``outer_loss`` serves (a
+    problem's ``features`` may also compute the inner data's, which f does not need)."""
     xl = leaves(x, True)
-    return unflatten(flat_grad(problem.outer_loss(xl, leaves(y), batch), xl.values()), x)
+    f = problem.outer_loss(xl, leaves(y), batch)
+    return unflatten(flat_grad(f, xl.values()), x), float(f.detach())

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from ..problem import Batch, Objective
 from ..submodel import Params
-from ._common import Options, aid
+from ._common import Estimate, Options, aid
 from .solvers import neumann_solve
 
 
-def neumann(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Params:
+def neumann(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
     """ĥ = ∇_x f − J v with v the Q-term Neumann approximation of H⁻¹ ∇_y f."""
     return aid(problem, x, y, batch, lambda hvp, b: neumann_solve(hvp, b, opts.terms, opts.step))

@@ -95,29 +95,33 @@ class FewShot(BilevelProblem):
                 for _ in range(int(o["tasks"]))]
 
     # --- losses, split at the backbone features (computed once per hypergradient) ----------
-    def features(self, x: Params, task: Task) -> tuple[Tensor, Tensor]:
+    def _embed(self, x: Params, images: Tensor) -> Tensor:
+        """φ_x(images): the backbone on one set (its own batch statistics), flattened."""
         params = {n.removeprefix("backbone."): p for n, p in x.items()}
-        both = torch.cat([task["support"], task["query"]])
-        feats = functional_call(self.backbone, params, (both,)).flatten(1)
-        n = len(task["support"])
-        return feats[:n], feats[n:]
+        if len(images) == 0:
+            return images.new_zeros(0, self.backbone.out_features)
+        return functional_call(self.backbone, params, (images,)).flatten(1)
+
+    def features(self, x: Params, task: Task) -> tuple[Tensor, Tensor]:
+        """(φ_x(S), φ_x(Q)): the x-only part of both losses, computed once per hypergradient."""
+        return self._embed(x, task["support"]), self._embed(x, task["query"])
 
     def _logits(self, feats: Tensor, y: Params) -> Tensor:
         return F.linear(feats, y["head.weight"], y["head.bias"])
 
-    def inner_loss_from(self, feats: tuple[Tensor, Tensor], y: Params, task: Task) -> Tensor:
+    def inner_loss_from(self, feats: tuple[Tensor, Tensor | None], y: Params, task: Task) -> Tensor:
         l2 = sum((p * p).sum() for p in y.values())
         return F.cross_entropy(self._logits(feats[0], y), task["support_labels"]) \
             + 0.5 * float(self.opts["lam"]) * l2
 
-    def outer_loss_from(self, feats: tuple[Tensor, Tensor], y: Params, task: Task) -> Tensor:
+    def outer_loss_from(self, feats: tuple[Tensor | None, Tensor], y: Params, task: Task) -> Tensor:
         return F.cross_entropy(self._logits(feats[1], y), task["query_labels"])
 
     def inner_loss(self, x: Params, y: Params, task: Task) -> Tensor:
-        return self.inner_loss_from(self.features(x, task), y, task)
+        return self.inner_loss_from((self._embed(x, task["support"]), None), y, task)
 
     def outer_loss(self, x: Params, y: Params, task: Task) -> Tensor:
-        return self.outer_loss_from(self.features(x, task), y, task)
+        return self.outer_loss_from((None, self._embed(x, task["query"])), y, task)
 
     def config(self) -> dict[str, Any]:
         return dict(self.opts)

@@ -53,10 +53,10 @@ def balanced_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> float
 
 class LossTuning(BilevelProblem):
     name = "losstuning"
-    defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1,
-                "outer_lr": 0.5, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10}
+    defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 10, "inner_lr": 0.3, "outer_steps": 1,
+                "outer_lr": 2.0, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10}
     options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "mlp", "hidden": 128, "rho": 10.0,
-               "batch_size": 32, "weight_decay": 1e-4, "partition": "iid", "alpha": 0.5,
+               "batch_size": 32, "weight_decay": 3e-3, "partition": "iid", "alpha": 0.5,
                "test_per_class": 50, "prune": "y"}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import client, server
-from ..accounting import FlopCache, index_bytes, nbytes, shape_key
+from ..accounting import FlopCache, message_bytes, nbytes, shape_key
 from ..experiment import Experiment
 from ..submodel import Params
 
@@ -30,6 +30,36 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class PhaseResult:
+    """What one phase of all clients returns to the server, and what it cost."""
+
+    deltas: list[Params]
+    losses: list[float]
+    flops: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+def run_phase(exp: Experiment, phase: str, x: Params, y: Params,
+              indices: list, round: int, flops: FlopCache) -> PhaseResult:
+    """Every client runs its ``phase`` step on its extracted submodel; costs are counted."""
+    problem, plan, seed = exp.problem, exp.problem.plan, exp.config.seed
+    step = client.inner_phase if phase == "inner" else client.outer_phase
+    result = PhaseResult([], [])
+    for i, index in enumerate(indices):
+        xs, ys = plan.extract(x, index), plan.extract(y, index)
+        (delta, m), fl = flops.run(
+            (phase, problem.cost_key(i), shape_key(xs), shape_key(ys)),
+            partial(step, problem, xs, ys, index, i, round, exp.settings, seed))
+        result.deltas.append(delta)
+        result.losses.append(m[f"{phase}_loss"])
+        result.flops += fl
+        result.bytes_down += message_bytes(plan, phase, xs, ys, index)
+        result.bytes_up += nbytes(delta)
+    return result
+
+
 def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[str, Any]:
     """One round of Algorithm 1 for every client; updates ``state`` and returns its metrics."""
     start = time.perf_counter()
@@ -37,46 +67,25 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache) -> dict[s
     t, x, y = state.round, state.x, state.y
     capacities = exp.schedule.at(t)
     indices = server.round_masks(exp.policy, plan, x, y, capacities, t, cfg.seed)
-    cost = {"flops_inner": 0, "flops_outer": 0, "bytes_down": 0, "bytes_up": 0}
 
-    inner_deltas, inner_losses = [], []
-    for i, index in enumerate(indices):
-        xs, ys = plan.extract(x, index), plan.extract(y, index)
-        (delta, m), fl = flops.run(
-            ("inner", problem.cost_key(i), shape_key(xs), shape_key(ys)),
-            partial(client.inner_phase, problem, xs, ys, index, i, t, exp.settings, cfg.seed))
-        inner_deltas.append(delta)
-        inner_losses.append(m["inner_loss"])
-        cost["flops_inner"] += fl
-        cost["bytes_down"] += nbytes(xs) + nbytes(ys) + index_bytes(plan, index)
-        cost["bytes_up"] += nbytes(delta)
-    y, cover_y = server.server_update(plan, y, indices, inner_deltas)
-
-    outer_losses = []
+    inner = run_phase(exp, "inner", x, y, indices, t, flops)
+    y, cover_y = server.server_update(plan, y, indices, inner.deltas)
+    outer = PhaseResult([], [])
     if exp.tunes_x:
-        outer_deltas = []
-        for i, index in enumerate(indices):
-            xs, ys = plan.extract(x, index), plan.extract(y, index)
-            (delta, m), fl = flops.run(
-                ("outer", problem.cost_key(i), shape_key(xs), shape_key(ys)),
-                partial(client.outer_phase, problem, xs, ys, index, i, t, exp.settings, cfg.seed))
-            outer_deltas.append(delta)
-            outer_losses.append(m["outer_loss"])
-            cost["flops_outer"] += fl
-            cost["bytes_down"] += nbytes(ys)
-            cost["bytes_up"] += nbytes(delta)
-        x, cover_x = server.server_update(plan, x, indices, outer_deltas)
+        outer = run_phase(exp, "outer", x, y, indices, t, flops)
+        x, cover_x = server.server_update(plan, x, indices, outer.deltas)
     else:
         cover_x = server.cover_stats(server.cover_counts(plan, x, []))
 
     state.x, state.y, state.round = x, y, t + 1
     metrics: dict[str, Any] = {
         "round": t + 1, "method": cfg.method,
-        "inner_loss": _mean(inner_losses), "outer_loss": _mean(outer_losses),
+        "inner_loss": _mean(inner.losses), "outer_loss": _mean(outer.losses),
         "cover_x": cover_x.minimum, "cover_y": cover_y.minimum,
         "uncovered_x": cover_x.uncovered, "uncovered_y": cover_y.uncovered,
-        "flops": cost["flops_inner"] + cost["flops_outer"], **cost,
-        "capacities": capacities,
+        "flops": inner.flops + outer.flops, "flops_inner": inner.flops,
+        "flops_outer": outer.flops, "bytes_down": inner.bytes_down + outer.bytes_down,
+        "bytes_up": inner.bytes_up + outer.bytes_up, "capacities": capacities,
     }
     metrics.update(problem.round_metrics(x, y))
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
