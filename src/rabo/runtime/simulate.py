@@ -120,6 +120,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True) -> RunS
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 (closed in finally)
+    shown: dict[str, str] = {}
     bar = tqdm(total=cfg.rounds, disable=not progress, desc=f"{cfg.method} on {cfg.problem}",
                unit="round", dynamic_ncols=True)
     try:
@@ -129,9 +130,10 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True) -> RunS
             if metrics_file:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
-            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in
-                             ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
-                             if metrics.get(k) is not None}, refresh=False)
+            shown.update({k: f"{metrics[k]:.4g}" for k in
+                          ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
+                          if metrics.get(k) is not None})
+            bar.set_postfix(shown, refresh=False)
             bar.update(1)
     finally:
         bar.close()
