@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
+from . import checkpoint
 from .config import RunConfig, apply, load_toml, parse_sets, parse_value
-from .errors import ConfigError, RaboError
+from .errors import ConfigError, DataError, RaboError
+from .experiment import Experiment, build
 from .methods import METHODS, get_method
 from .problems import PROBLEMS, get_problem
 
@@ -59,6 +62,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="run directory (default: runs/PROBLEM-METHOD-seedS)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory instead of refusing")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint (same config)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=str,
+                   help="write a checkpoint every N rounds (default: every evaluation round) "
+                        "and at the end")
+    p.add_argument("--participation", type=str,
+                   help="fraction p in (0, 1] of clients sampled each round (default: 1)")
+    p.add_argument("--fail-prob", dest="fail_prob", type=str,
+                   help="probability q in [0, 1) that a sampled client fails in a round "
+                        "(simulated faults; default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -90,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     file_values = load_toml(args.config) if args.config else {}
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir", "threads")
+             "capacity_trace", "seed", "data_dir", "threads", "checkpoint_every",
+             "participation", "fail_prob")
     flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     # The problem decides which problem.* options exist, so it is settled first.
     problem = sets.get("problem", flags.get("problem", file_values.get("problem", "losstuning")))
@@ -101,19 +115,67 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return config
 
 
+def _given(args: argparse.Namespace) -> bool:
+    """Whether the command line sets any config value (beyond --resume and display flags)."""
+    names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
+             "capacity_trace", "seed", "data_dir", "threads", "config", "checkpoint_every",
+             "participation", "fail_prob")
+    return bool(args.set) or any(getattr(args, n, None) is not None for n in names)
+
+
+def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
+    """The experiment of run directory ``--resume DIR``, refusing a changed config (the
+    differing keys named), a finished run, or a checkpoint of another run."""
+    out = Path(args.resume)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        config = RunConfig(**saved)
+    except FileNotFoundError:
+        raise DataError(f"cannot resume {str(out)!r}: no config.json (not a run directory)") \
+            from None
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise DataError(f"cannot resume {str(out)!r}: config.json is corrupt "
+                        f"({str(err).splitlines()[0][:80]})") from None
+    exp = build(config)
+    if _given(args):
+        wanted = build(config_from_args(args)).config.to_dict()
+        differ = sorted(k for k in wanted if wanted[k] != saved.get(k))
+        if differ:
+            raise ConfigError(f"resume of {str(out)!r} refused: the config differs in "
+                              f"{', '.join(differ)}; resume without changing it")
+    meta = checkpoint.peek(out)
+    if meta["config"] != saved:
+        raise DataError(f"checkpoint in {str(out)!r} belongs to another run (problem "
+                        f"{meta['config'].get('problem')!r}, method "
+                        f"{meta['config'].get('method')!r}); it does not match config.json")
+    if meta["round"] >= exp.config.rounds:
+        raise ConfigError(f"run {str(out)!r} is already finished (round {meta['round']} of "
+                          f"{exp.config.rounds}); nothing to resume")
+    return exp, out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiment import build
     from .runtime.simulate import run
 
-    exp = build(config_from_args(args))
+    if args.resume:
+        exp, out = resumed_experiment(args)
+    else:
+        exp = build(config_from_args(args))
+        cfg = exp.config
+        out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
+        if out.exists() and any(out.iterdir()):
+            if not args.overwrite:
+                raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
+                                  f"to replace it or choose another --out")
+            shutil.rmtree(out)
     cfg = exp.config
-    out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite to "
-                              f"replace it or choose another --out")
-        shutil.rmtree(out)
-    state = run(exp, out, progress=not args.no_progress)
+    try:
+        state = run(exp, out, progress=not args.no_progress, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        done = checkpoint.peek(out)["round"] if (out / checkpoint.FILE).exists() else 0
+        print(f"rabo: interrupted after round {done} of {cfg.rounds}; continue with "
+              f"'rabo run --resume {out}'", file=sys.stderr)
+        return 130
     last = state.history[-1]
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
@@ -123,8 +185,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    import json
-
     from .cost import format_table, measure
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -45,6 +45,9 @@ class RunConfig:
     coords: int | None = None
     perturb: str = "auto"
     eval_every: int | None = None
+    checkpoint_every: int | None = None
+    participation: float = 1.0
+    fail_prob: float = 0.0
     adapt_steps: int | None = None
     data_dir: str | None = None
     threads: int | None = None
@@ -60,6 +63,7 @@ FIELD_TYPES: dict[str, type] = {
     "capacity_mode": str, "capacity_trace": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
     "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
     "mu": float, "coords": int, "perturb": str, "eval_every": int, "adapt_steps": int,
+    "checkpoint_every": int, "participation": float, "fail_prob": float,
     "data_dir": str, "threads": int,
 }
 RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
@@ -169,6 +173,13 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):
         _positive(key, getattr(out, key), integer=False)
+    if out.checkpoint_every is None:
+        out.checkpoint_every = out.eval_every
+    _positive("checkpoint_every", out.checkpoint_every, integer=True)
+    if not (math.isfinite(out.participation) and 0.0 < out.participation <= 1.0):
+        raise ConfigError(f"participation={out.participation!r} is outside (0, 1]")
+    if not (math.isfinite(out.fail_prob) and 0.0 <= out.fail_prob < 1.0):
+        raise ConfigError(f"fail_prob={out.fail_prob!r} is outside [0, 1)")
     if out.threads is not None:
         _positive("threads", out.threads, integer=True)
     if out.coords is not None:

@@ -1,15 +1,28 @@
-"""Server steps of Algorithm 1 (SPEC §2, steps 1, 4, 7, 8): masks for the round, parameter-wise
-aggregation with cover counts. Pure functions of arrays; both runtimes call them."""
+"""Server steps of Algorithm 1 (SPEC §2, steps 1, 4, 7, 8): who takes part, masks for the round,
+parameter-wise aggregation with cover counts. Pure functions of arrays; both runtimes call them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from .aggregate import CoverStats, aggregate, cover_counts, cover_stats  # noqa: F401
 from .masks import MaskPolicy
 from .submodel import ChannelPlan, Params, SubmodelIndex
+
+
+def participants(clients: int, participation: float, fail_prob: float, seed: int,
+                 round: int) -> tuple[list[int], list[int]]:
+    """The ⌈p·M⌉ clients sampled for a round, and which of them fail (simulated faults with
+    probability q each): a pure function of (seed, round), so a resumed run draws the same."""
+    rng = np.random.default_rng([seed, round, 0xFA1])
+    chosen = sorted(rng.choice(clients, size=math.ceil(participation * clients), replace=False)
+                    .tolist()) if participation < 1.0 else list(range(clients))
+    failed = [i for i, u in zip(chosen, rng.random(len(chosen))) if u < fail_prob]
+    return chosen, failed
 
 
 def round_masks(policy: MaskPolicy, plan: ChannelPlan, x: Params, y: Params,
@@ -19,8 +32,14 @@ def round_masks(policy: MaskPolicy, plan: ChannelPlan, x: Params, y: Params,
     return policy.select(plan, {**x, **y}, list(capacities), round, rng)
 
 
+def is_finite(delta: Params) -> bool:
+    """A client update with NaN or Inf anywhere is rejected, never aggregated."""
+    return all(bool(torch.isfinite(d).all()) for d in delta.values())
+
+
 def server_update(plan: ChannelPlan, params: Params, indices: Sequence[SubmodelIndex],
                   deltas: Sequence[Params], gamma: float = 1.0) -> tuple[Params, CoverStats]:
-    """Parameter-wise aggregation (eqs 6, 8) and the round's cover numbers C^t (step 8)."""
+    """Parameter-wise aggregation (eqs 6, 8) and the round's cover numbers C^t (step 8) over the
+    updates received; coordinates nobody covered keep their value."""
     new, count = aggregate(plan, params, indices, deltas, gamma)
     return new, cover_stats(count)

@@ -1,0 +1,148 @@
+"""Checkpoints and resume: a run killed with SIGKILL and resumed ends exactly like an
+uninterrupted one (SPEC §8); bad resumes are refused with one line."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rabo import checkpoint
+from rabo.accounting import FlopCache
+from rabo.cli import main
+from rabo.config import RunConfig
+from rabo.experiment import build
+from rabo.runtime.simulate import RunState, simulate_round
+
+WALL = {"seconds"}
+RUN = [sys.executable, "-m", "rabo.cli", "run", "losstuning", "--rounds", "24",
+       "--checkpoint-every", "5", "--no-progress", "--threads", "1", "--set", "eval_every=4"]
+
+
+def _metrics(out: Path) -> list[dict]:
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in WALL} for r in rows]
+
+
+def _same_final(a: Path, b: Path) -> None:
+    fa, fb = load_file(str(a / "final.safetensors")), load_file(str(b / "final.safetensors"))
+    assert fa.keys() == fb.keys()
+    for name in fa:
+        assert fa[name].equal(fb[name]), name
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(RUN + ["--out", str(whole)], check=True, env=env, capture_output=True)
+    kill_after = random.Random().randint(1, 22)   # any moment: a random round
+    proc = subprocess.Popen(RUN + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        lines = (cut / "metrics.jsonl").read_text().count("\n") \
+            if (cut / "metrics.jsonl").exists() else 0
+        if lines >= kill_after:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if not (cut / "checkpoint" / "state.safetensors").exists():   # killed before round 5
+        subprocess.run(RUN + ["--out", str(cut), "--overwrite"], check=True, env=env,
+                       capture_output=True)
+    else:
+        done = subprocess.run([sys.executable, "-m", "rabo.cli", "run", "--resume", str(cut),
+                               "--no-progress"], env=env, capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+    assert _metrics(cut) == _metrics(whole)
+    _same_final(cut, whole)
+
+
+def test_resume_in_process_continues_from_the_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "quadratic", "--rounds", "6", "--checkpoint-every", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    full = _metrics(out)
+    # pretend the run died after round 4: drop the last checkpoint and lines past round 4
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(rows[:5]) + '\n{"round": 6, "trunc')
+    config = checkpoint.peek(out)["config"]
+    exp = build(RunConfig(**config))
+    x, _, _, _ = checkpoint.load(out, exp.problem.init_params(0))
+    state = RunState(*exp.problem.init_params(0))
+    for _ in range(4):
+        simulate_round(exp, state, FlopCache())
+    checkpoint.save(out, state.x, state.y, 4, config)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert _metrics(out) == full
+    assert torch.equal(load_file(str(out / "final.safetensors"))["x.x"], x["x"])
+
+
+@pytest.fixture
+def finished(tmp_path):
+    out = tmp_path / "done"
+    assert main(["run", "quadratic", "--rounds", "2", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resume_of_a_finished_run_is_refused(finished, capsys):
+    assert main(["run", "--resume", str(finished)]) == 2
+    _one_line_error(capsys, "already finished (round 2 of 2)")
+
+
+def test_resume_with_a_changed_config_names_the_keys(finished, capsys):
+    assert main(["run", "quadratic", "--resume", str(finished), "--rounds", "5",
+                 "--set", "outer_lr=0.1"]) == 2
+    _one_line_error(capsys, "differs in outer_lr, rounds")
+
+
+def test_corrupted_checkpoint_is_one_line(finished, capsys):
+    path = finished / "checkpoint" / "state.safetensors"
+    path.write_bytes(path.read_bytes()[:50])
+    assert main(["run", "--resume", str(finished)]) == 2
+    _one_line_error(capsys, "is corrupt or not a rabo checkpoint")
+
+
+def test_checkpoint_of_another_problem_is_refused(finished, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["run", "losstuning", "--rounds", "1", "--out", str(other),
+                 "--no-progress"]) == 0
+    (finished / "checkpoint" / "state.safetensors").write_bytes(
+        (other / "checkpoint" / "state.safetensors").read_bytes())
+    (finished / "config.json").write_text((finished / "config.json").read_text())
+    config = json.loads((finished / "config.json").read_text())
+    config["rounds"] = 10
+    (finished / "config.json").write_text(json.dumps(config))
+    assert main(["run", "--resume", str(finished)]) == 2
+    _one_line_error(capsys, "belongs to another run (problem 'losstuning'")
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    _one_line_error(capsys, "no config.json")
+
+
+def test_load_returns_tensors_in_the_problems_order(tmp_path):
+    """Regression: safetensors returns names sorted; a loss summing over y in another order
+    rounded differently after resume (inner_loss differed in the 9th digit)."""
+    x = {"b": torch.ones(2), "a": torch.zeros(2)}
+    y = {"z.w": torch.ones(3), "a.w": torch.full((3,), 2.0)}
+    checkpoint.save(tmp_path, x, y, 3, {"problem": "p"})
+    lx, ly, done, config = checkpoint.load(tmp_path, (x, y))
+    assert list(lx) == ["b", "a"] and list(ly) == ["z.w", "a.w"] and done == 3
+    assert all(torch.equal(lx[n], x[n]) for n in x) and config == {"problem": "p"}
