@@ -72,7 +72,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail-prob", dest="fail_prob", type=str,
                    help="probability q in [0, 1) that a sampled client fails in a round "
                         "(simulated faults; default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress output (a bar on a terminal, plain lines otherwise)")
 
 
 def _cost_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -129,6 +130,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
         resume: bool = False) -> RunState:
     """Run all rounds; with ``out``, write config.json, metrics.jsonl (a line a round, flushed),
     a checkpoint every ``checkpoint_every`` rounds and at the end, and final.safetensors.
+    Progress is a bar on a terminal, a plain line per evaluation round otherwise.
     ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first."""
     from tqdm import tqdm
 
@@ -147,7 +149,8 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
             (out / "metrics.jsonl").write_text("")
     flops = FlopCache()
     shown: dict[str, str] = {}
-    bar = tqdm(total=cfg.rounds, initial=state.round, disable=not progress,
+    interactive = progress and sys.stderr.isatty()
+    bar = tqdm(total=cfg.rounds, initial=state.round, disable=not interactive,
                desc=f"{cfg.method} on {cfg.problem}", unit="round", dynamic_ncols=True)
     metrics_file = open(out / "metrics.jsonl", "a") if out else None  # noqa: SIM115
     saved = state.round
@@ -166,6 +169,10 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
                           if metrics.get(k) is not None})
             bar.set_postfix(shown, refresh=False)
             bar.update(1)
+            if progress and not interactive and (state.round % cfg.eval_every == 0
+                                                 or state.round == cfg.rounds):
+                print(f"{cfg.method} on {cfg.problem}: round {state.round}/{cfg.rounds} "
+                      + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
     except KeyboardInterrupt:
         if out and saved < state.round:
             checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
