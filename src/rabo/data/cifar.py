@@ -42,7 +42,11 @@ def parse_cifar_pickle(data: bytes, source: str | PathLike) -> tuple[np.ndarray,
             f"'{source}' is not a readable CIFAR-10 python batch: {_one_line(repr(e))}"
         ) from e
     if not (isinstance(batch, dict) and b"data" in batch and b"labels" in batch):
-        found = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        found = (
+            "a dict with keys " + _one_line(", ".join(sorted(map(repr, batch))[:8]))
+            if isinstance(batch, dict)
+            else type(batch).__name__
+        )
         raise DataError(f"'{source}' holds {found}; expected a dict with b'data' and b'labels'")
     pixels, labels = batch[b"data"], batch[b"labels"]
     if not (
@@ -57,8 +61,7 @@ def parse_cifar_pickle(data: bytes, source: str | PathLike) -> tuple[np.ndarray,
             else type(pixels).__name__
         )
         raise DataError(
-            f"b'data' in '{source}' is {found}; "
-            f"expected a uint8 array (n, {CIFAR_PIXELS})"
+            f"b'data' in '{source}' is {found}; expected a uint8 array (n, {CIFAR_PIXELS})"
         )
     if not (
         isinstance(labels, list)

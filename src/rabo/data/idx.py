@@ -23,16 +23,17 @@ def parse_idx(data: bytes, magic: int, source: str | PathLike) -> np.ndarray:
     ``magic`` is the magic number expected (:data:`IDX_IMAGES` or :data:`IDX_LABELS`); its low
     byte is the number of dimensions. ``source`` names the file in error messages.
     """
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
+    if len(data) < 4:
         raise DataError(
-            f"'{source}' is {len(data)} bytes, too short for an IDX header "
-            f"(magic 0x{magic:08x} needs {header})"
+            f"'{source}' is truncated: {len(data)} bytes, expected IDX magic number 0x{magic:08x}"
         )
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise DataError(f"'{source}' has IDX magic number 0x{found:08x}; expected 0x{magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"'{source}' is truncated: {len(data)} bytes, shorter than its header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     size = header + math.prod(shape)
     if len(data) != size:

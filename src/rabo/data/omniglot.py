@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError, UnknownNameError
+from .longtail import _check_int
 
 SOURCES = ("images_background", "images_evaluation",
            "images_background_small1", "images_background_small2")
@@ -363,7 +364,7 @@ def split_alphabets(data: OmniglotData, train: str | Iterable[str] | None = None
         test_names = tuple(a for a in data.alphabets if a not in train_names)
     overlap = [a for a in train_names if a in test_names]
     if overlap:
-        raise ConfigError(f"alphabets {', '.join(overlap)} are in both train and test; "
+        raise ConfigError(f"alphabet(s) {', '.join(overlap)} in both train and test; "
                           "allowed: disjoint alphabet lists")
     for side, names in (("train", train_names), ("test", test_names)):
         if not names:
@@ -378,9 +379,7 @@ def shard_classes(classes: np.ndarray, num_clients: int, ways: int,
     """Shard classes over clients by character (non-IID): a seeded shuffle of the characters
     split into ``num_clients`` near-equal blocks; all rotations of a character go to one
     client. Each client needs at least ``ways`` classes (N) for an N-way task."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) \
-            or num_clients < 1:
-        raise ConfigError(f"clients {num_clients!r} is not allowed; allowed: an integer >= 1")
+    _check_int("clients", num_clients, 1)
     classes = np.asarray(classes, dtype=np.int64)
     chars = rng.permutation(np.unique(classes // ROTATIONS))
     shards = []

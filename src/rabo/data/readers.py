@@ -127,7 +127,9 @@ def find_files(
             for name in names
         ]
         if any(found):
-            missing = [name + ("(.gz)" if gz else "") for name, path in zip(names, found) if path is None]
+            missing = [
+                name + ("(.gz)" if gz else "") for name, path in zip(names, found) if path is None
+            ]
             if missing:
                 raise DataError(f"incomplete {title} in '{folder}': missing {', '.join(missing)}")
             return found
@@ -149,7 +151,9 @@ def _load_idx(title: str, data_dir: str | PathLike, folders: Sequence[str]) -> S
         + ", ".join(f"{folder}/" for folder in folders if folder)
         + " or the directory itself"
     )
-    paths = find_files(title, data_dir, [(folder, IDX_FILES) for folder in folders], expected, gz=True)
+    paths = find_files(
+        title, data_dir, [(folder, IDX_FILES) for folder in folders], expected, gz=True
+    )
     return _idx_split(*paths[:2]), _idx_split(*paths[2:])
 
 
