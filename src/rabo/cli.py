@@ -89,12 +89,27 @@ def _cost_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
 
 
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="figures and a summary table of run directories",
+        description="Plot accuracy and losses against rounds, cumulative FLOPs and cumulative "
+                    "bytes, and the cover numbers per round, one line per run; write "
+                    "accuracy_vs_{rounds,flops,bytes}.png, loss_vs_{rounds,flops,bytes}.png, "
+                    "cover.png, summary.md and summary.csv (a figure only when some run logs "
+                    "its metrics).")
+    p.add_argument("runs", nargs="+", type=Path, metavar="DIR",
+                   help="run directories written by `rabo run`")
+    p.add_argument("--out", type=Path,
+                   help="directory for the figures and tables (default: DIR/report of the first)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rabo", description="Resource-adaptive federated bilevel optimization "
                      "(RABO / RAFBO): dual-pruned submodels, parameter-wise aggregation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _run_parser(sub)
     _cost_parser(sub)
+    _report_parser(sub)
     return parser
 
 
@@ -200,7 +215,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "cost": cmd_cost}
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    written = report(args.runs, args.out)
+    print(f"{len(args.runs)} run(s): {', '.join(p.name for p in written)} -> {written[0].parent}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "cost": cmd_cost, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,15 +150,17 @@ def summarize(run: Run) -> dict[str, Any]:
     def total(*keys: str) -> float:
         return float(sum(row.get(k) or 0 for row in run.rows for k in keys))
 
-    accuracy = values("accuracy")
-    last = lambda key: (values(key) or [None])[-1]
-    least = lambda key: min(values(key), default=None)
+    def last(key: str) -> Any:
+        return (values(key) or [None])[-1]
+
     return {"run": run.path.name, "problem": run.config.get("problem"),
             "method": run.config.get("method"), "rounds": run.rows[-1].get("round"),
-            "final_accuracy": last("accuracy"), "best_accuracy": max(accuracy, default=None),
+            "final_accuracy": last("accuracy"),
+            "best_accuracy": max(values("accuracy"), default=None),
             "final_inner_loss": last("inner_loss"), "final_outer_loss": last("outer_loss"),
             "gflops": total("flops") / 1e9, "mb": total("bytes_down", "bytes_up") / 1e6,
-            "min_cover_x": least("cover_x"), "min_cover_y": least("cover_y"),
+            "min_cover_x": min(values("cover_x"), default=None),
+            "min_cover_y": min(values("cover_y"), default=None),
             "wall_seconds": total("seconds")}
 
 

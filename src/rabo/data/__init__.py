@@ -1,6 +1,7 @@
 """Data: in-memory array data sets and long-tailed federated splits (SPEC §7)."""
 
 from .digits import DIGITS_CLASSES, DIGITS_TEST_PER_CLASS, ArrayData, load_digits_arrays
+from .episodes import sample_task
 from .longtail import (
     PARTITIONS,
     FederatedData,
@@ -13,6 +14,7 @@ from .longtail import (
     train_val_split,
     validation_count,
 )
+from .omniglot import OmniglotData, OmniglotSplit, load_omniglot, shard_classes, split_alphabets
 from .readers import DATASETS as READER_DATASETS
 from .readers import load_cifar10, load_dataset, load_fashion_mnist, load_mnist
 
@@ -23,6 +25,8 @@ __all__ = [
     "READER_DATASETS",
     "ArrayData",
     "FederatedData",
+    "OmniglotData",
+    "OmniglotSplit",
     "balanced_test_split",
     "federated_longtail",
     "load_cifar10",
@@ -30,10 +34,14 @@ __all__ = [
     "load_digits_arrays",
     "load_fashion_mnist",
     "load_mnist",
+    "load_omniglot",
     "longtail_counts",
     "make_longtail",
     "partition",
     "sample_batch",
+    "sample_task",
+    "shard_classes",
+    "split_alphabets",
     "train_val_split",
     "validation_count",
 ]

@@ -209,12 +209,17 @@ def federated_longtail(
     scheme: str = "iid",
     alpha: float = 0.5,
     val_fraction: float = 0.2,
+    test_idx: np.ndarray | None = None,
 ) -> FederatedData:
-    """Balanced test split, long-tailed subsample (ρ), partition over clients, then each client's
-    stratified train/validation split; the same seed gives identical splits."""
+    """Balanced test split (or the data set's own ``test_idx``), long-tailed subsample (ρ) of
+    the rest, partition over clients, then each client's stratified train/validation split;
+    the same seed gives identical splits."""
     data = ArrayData(inputs, labels, num_classes)  # checks the arrays before any drawing
     rng = np.random.default_rng(seed)
-    pool, test_idx = balanced_test_split(data.labels, test_per_class, rng)
+    if test_idx is None:
+        pool, test_idx = balanced_test_split(data.labels, test_per_class, rng)
+    else:
+        pool = np.setdiff1d(np.arange(len(data.labels)), test_idx)
     longtail = make_longtail(data.labels, pool, rho, rng)
     parts = partition(data.labels, longtail, num_clients, rng, scheme, alpha)
     clients = [train_val_split(data.labels, part, rng, val_fraction) for part in parts]

@@ -1,6 +1,10 @@
 """Federated loss-function tuning with the VS loss on long-tailed data (paper V-B, SPEC §7).
 
 x = per-class VS-loss parameters (Δ, ι, w), never pruned; y = the network, pruned.
+Data: scikit-learn digits (MLP, ρ = 10, the embedded default), or MNIST / Fashion-MNIST (small
+CNN) and CIFAR-10 (ResNet-18) from ``--data-dir`` with ρ = 100 (``rho = 0`` and
+``model = "auto"`` mean these per-dataset defaults); the data set's own test split is the
+balanced test set.
 g_i = VS loss on client i's train split + λ_y/2‖y‖²;  f_i = class-balanced cross-entropy on its
 validation split. Positivity is kept by the parameterisation Δ = exp(log_delta) and
 w = C · softmax(log_w) (weights average 1, so only their ratios are tuned); x = 0 is plain CE.
@@ -16,13 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ..data import federated_longtail, load_digits_arrays, sample_batch
-from ..errors import ConfigError, UnknownNameError
-from ..models import build
+from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
+from ..errors import ConfigError, UnknownNameError, lookup
+from ..models import MODELS, build
 from ..problem import BilevelProblem
 from ..submodel import ChannelPlan, Params
 
-DATASETS = ("digits",)
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DEFAULT_RHO = {"digits": 10.0, "mnist": 100.0, "fashion-mnist": 100.0, "cifar10": 100.0}
+DEFAULT_MODEL = {"digits": "mlp", "mnist": "small_cnn", "fashion-mnist": "small_cnn",
+                 "cifar10": "resnet18"}
 
 
 def vs_loss(logits: Tensor, labels: Tensor, x: Params) -> Tensor:
@@ -55,7 +62,7 @@ class LossTuning(BilevelProblem):
     name = "losstuning"
     defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 10, "inner_lr": 0.3, "outer_steps": 1,
                 "outer_lr": 2.0, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10}
-    options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "mlp", "hidden": 128, "rho": 10.0,
+    options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "auto", "hidden": 128, "rho": 0.0,
                "batch_size": 32, "weight_decay": 3e-3, "partition": "iid", "alpha": 0.5,
                "test_per_class": 50, "prune": "y"}
 
@@ -70,14 +77,33 @@ class LossTuning(BilevelProblem):
         if int(opts["batch_size"]) < 1:
             raise ConfigError(f"batch_size={opts['batch_size']!r} must be an integer ≥ 1")
         self.opts, self.num_clients = opts, clients
-        inputs, labels = load_digits_arrays()
+        name = opts["dataset"]
+        if name == "digits":
+            inputs, labels = load_digits_arrays()
+            test_idx = None
+        else:
+            train, test = load_dataset(name, data_dir)
+            inputs = np.concatenate([train.inputs, test.inputs])
+            labels = np.concatenate([train.labels, test.labels])
+            test_idx = np.arange(len(train.labels), len(labels))
         self.num_classes = int(labels.max()) + 1
-        self.data = federated_longtail(inputs, labels, self.num_classes, clients,
-                                       rho=float(opts["rho"]), seed=seed,
-                                       test_per_class=int(opts["test_per_class"]),
-                                       scheme=opts["partition"], alpha=float(opts["alpha"]))
-        self.model, plan = build("mlp", in_features=inputs.shape[1],
-                                 hidden=(int(opts["hidden"]),), num_classes=self.num_classes)
+        rho = float(opts["rho"]) or DEFAULT_RHO[name]
+        opts["rho"] = rho
+        self.data = federated_longtail(inputs, labels, self.num_classes, clients, rho=rho,
+                                       seed=seed, test_per_class=int(opts["test_per_class"]),
+                                       scheme=opts["partition"], alpha=float(opts["alpha"]),
+                                       test_idx=test_idx)
+        model = opts["model"] if opts["model"] != "auto" else DEFAULT_MODEL[name]
+        lookup(MODELS, "model", model)
+        opts["model"] = model
+        kwargs = {"mlp": {"in_features": int(np.prod(inputs.shape[1:])),
+                          "hidden": (int(opts["hidden"]),)},
+                  "small_cnn": {"in_channels": inputs.shape[1], "image_size": inputs.shape[-1]},
+                  "resnet18": {"in_channels": inputs.shape[1]}}
+        if model not in kwargs:
+            raise ConfigError(f"model {model!r} is not a classifier for loss tuning; allowed: "
+                              f"{', '.join(kwargs)}")
+        self.model, plan = build(model, num_classes=self.num_classes, **kwargs[model])
         self.plan = plan if opts["prune"] == "y" else ChannelPlan(plan.groups, {})
         self._test = self._tensors(self.data.test_idx)
         self._val = self._tensors(np.concatenate([v for _, v in self.data.clients]))
