@@ -11,7 +11,8 @@ PAPER_MIX = [1.0, 0.5, 0.25, 0.125, 0.0625]
 @pytest.fixture(scope="module", params=[1, 5], ids=["5w1s", "5w5s"])
 def fewshot_costs(request):
     config = RunConfig(problem="fewshot", capacities=PAPER_MIX,
-                       problem_options={"shots": request.param, "tasks": 1})
+                       problem_options={"shots": request.param, "tasks": 1,
+                                        "source": "synthetic"})
     return {r["method"]: r for r in measure(config, ["fedmbo", "rabo", "rafbo", "static", "oap"])}
 
 

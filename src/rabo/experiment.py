@@ -3,6 +3,7 @@ client settings. Both runtimes build their experiment here, so they run the same
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .capacity import CapacitySchedule, read_trace
@@ -28,18 +29,24 @@ class Experiment:
         return self.settings.estimator is not None
 
 
-def build(config: RunConfig) -> Experiment:
-    problem_cls = get_problem(config.problem)
-    unknown = set(config.problem_options) - set(problem_cls.options)
-    if unknown:
-        raise ConfigError(f"unknown option {min(unknown)!r} of problem {config.problem!r}; "
-                          f"allowed: {', '.join(sorted(problem_cls.options))}")
-    cfg = resolve(config, problem_cls.defaults)
+def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experiment:
+    """Resolve ``config`` and build what a runtime needs. ``problem``: a user's own problem
+    object (its class's ``defaults`` fill the config); otherwise the built-in ``config.problem``."""
+    if problem is None:
+        problem_cls = get_problem(config.problem)
+        unknown = set(config.problem_options) - set(problem_cls.options)
+        if unknown:
+            raise ConfigError(f"unknown option {min(unknown)!r} of problem {config.problem!r}; "
+                              f"allowed: {', '.join(sorted(problem_cls.options))}")
+        cfg = resolve(config, problem_cls.defaults)
+    else:
+        cfg = resolve(dataclasses.replace(config, problem=problem.name), type(problem).defaults)
     if cfg.estimator is not None:
         lookup(ESTIMATORS, "estimator", cfg.estimator)
     policy = make_policy(cfg.policy, **cfg.policy_options)
-    problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
-                          **cfg.problem_options)
+    if problem is None:
+        problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
+                              **cfg.problem_options)
     cfg.problem_options = problem.config()
     trace = None
     if cfg.capacity_trace is not None:

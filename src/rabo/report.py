@@ -40,6 +40,7 @@ FIGURES: dict[str, tuple[list[Panel], str]] = {
     "loss_vs_bytes.png": (LOSSES, "bytes"),
     "cover.png": (COVER, "rounds"),
 }
+LABEL_KEYS = {"problem": "{}", "seed": "seed {}"}  # what tells apart runs of one method
 COLUMNS = ["run", "problem", "method", "rounds", "final_accuracy", "best_accuracy",
            "final_inner_loss", "final_outer_loss", "gflops", "mb", "min_cover_x", "min_cover_y",
            "wall_seconds"]
@@ -68,7 +69,7 @@ def _read_json(path: Path, text: str, where: str) -> dict[str, Any]:
 def load_run(path: Path) -> Run:
     """Read a run directory; a missing, empty or malformed file is a one-line DataError."""
     if not path.is_dir():
-        raise DataError(f"run directory {str(path)!r} does not exist")
+        raise DataError(f"run directory {str(path)!r} does not exist or is not a directory")
     texts = {}
     for name in ("config.json", "metrics.jsonl"):
         try:
@@ -91,10 +92,9 @@ def load_runs(paths: list[Path]) -> list[Run]:
     for run in runs:
         method = run.config.get("method")
         same = [r.config for r in runs if r.config.get("method") == method]
-        parts = [str(method)] + [f"{k} {run.config.get(k)}" if k == "seed" else
-                                 str(run.config.get(k)) for k in ("problem", "seed")
-                                 if len({repr(c.get(k)) for c in same}) > 1]
-        run.label = ", ".join(parts)
+        differ = [k for k in LABEL_KEYS if len({repr(c.get(k)) for c in same}) > 1]
+        run.label = ", ".join([str(method)] + [LABEL_KEYS[k].format(run.config.get(k))
+                                               for k in differ])
     labels = [r.label for r in runs]
     for run in runs:
         if labels.count(run.label) > 1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import lookup
@@ -62,6 +63,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def fresh_params(model: nn.Module, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Re-initialise every layer of ``model`` from ``seed`` (PyTorch's default init) and return
+    detached copies of its parameters, named ``prefix`` + their module names."""
+    torch.manual_seed(seed)
+    for layer in model.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return {f"{prefix}{n}": p.detach().clone() for n, p in model.named_parameters()}
+
+
 def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
     """The model registered as ``name`` (built with ``kwargs``) and its channel plan."""
     model = lookup(MODELS, "model", name)(**kwargs)
@@ -70,6 +81,6 @@ def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
 
 __all__ = [
     "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanBuilder", "ResNet12",
-    "ResNet12Block", "ResNet18", "SmallCNN", "build", "conv4", "head_plan", "merge_plans", "mlp",
+    "ResNet12Block", "ResNet18", "SmallCNN", "build", "conv4", "fresh_params", "head_plan", "merge_plans", "mlp",
     "resnet12", "resnet18", "small_cnn",
 ]

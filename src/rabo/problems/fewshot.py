@@ -5,8 +5,11 @@ For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖�
 f = CE(head_y(φ_x(Q))). Each client's meta-batch holds several N-way K-shot tasks; x and y
 share one channel plan, so the head's input columns follow the backbone's kept channels.
 
-Episodes come from an episode source: ``synthetic`` (random images of the right shapes, for
-cost accounting and tests; accuracy is meaningless there).
+Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabets split into
+train and test, rotations as new classes, training characters sharded over the clients) or
+``synthetic`` (random images of the right shapes, for cost accounting; no accuracy).
+Evaluation: frozen global backbone, a head fitted on each test episode's support set, mean
+query accuracy with a 95 % interval; ``eval_episodes`` on evaluation rounds.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ..errors import ConfigError, UnknownNameError
-from ..models import MODELS, head_plan, merge_plans
+from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
+from ..errors import ConfigError, DataError, UnknownNameError
+from ..models import MODELS, fresh_params, head_plan, merge_plans
 from ..problem import BilevelProblem
 from ..submodel import ChannelPlan, Params
 
 BACKBONES = ("conv4", "resnet12")
-SOURCES = ("synthetic",)
+SOURCES = ("omniglot", "synthetic")
 Task = dict[str, Tensor]
 
 
@@ -44,11 +48,14 @@ def synthetic_task(rng: np.random.Generator, ways: int, shots: int, queries: int
 class FewShot(BilevelProblem):
     name = "fewshot"
     episodic = True
-    defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1,
-                "outer_lr": 0.01, "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10,
-                "adapt_steps": 5}
-    options: ClassVar[dict[str, Any]] = {"ways": 5, "shots": 1, "tasks": 2, "backbone": "conv4", "lam": 0.2,
-               "source": "synthetic", "image_size": 28, "prune": "both"}
+    defaults: ClassVar[dict[str, Any]] = {
+        "rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1, "outer_lr": 0.01,
+        "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10, "adapt_steps": 5}
+    options: ClassVar[dict[str, Any]] = {
+        "ways": 5, "shots": 1, "tasks": 2, "backbone": "conv4", "lam": 0.2, "source": "omniglot",
+        "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
+        "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.5,
+        "cache_dir": ""}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:
@@ -71,13 +78,24 @@ class FewShot(BilevelProblem):
         plan = merge_plans(bb_plan, head_plan(axis, bb_plan.groups[axis.group], prefix="head."))
         self.plan = plan if opts["prune"] == "both" else ChannelPlan(plan.groups, {})
         self.ways = int(opts["ways"])
+        if opts["source"] == "omniglot":
+            if int(opts["image_size"]) != 28:
+                raise ConfigError(f"image_size={opts['image_size']!r}: Omniglot episodes are "
+                                  f"28×28")
+            if not data_dir:
+                raise DataError("fewshot on Omniglot needs --data-dir: a directory with "
+                                "images_background(.zip)/images_evaluation(.zip) or "
+                                "images_background_small1/2(.zip)")
+            self.omniglot = load_omniglot(data_dir, opts["cache_dir"] or None, quiet=True)
+            self.split = split_alphabets(self.omniglot, opts["train_alphabets"] or None,
+                                         opts["test_alphabets"] or None)
+            opts["train_alphabets"] = ",".join(self.split.train_alphabets)
+            opts["test_alphabets"] = ",".join(self.split.test_alphabets)
+            self.shards = shard_classes(self.split.train_classes, clients, self.ways,
+                                        np.random.default_rng([seed, 0x0A1]))
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
-        torch.manual_seed(seed)
-        for m in self.backbone.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        x = {f"backbone.{n}": p.detach().clone() for n, p in self.backbone.named_parameters()}
+        x = fresh_params(self.backbone, seed, prefix="backbone.")
         d = self.backbone.out_features
         y = {"head.weight": torch.zeros(self.ways, d), "head.bias": torch.zeros(self.ways)}
         return x, y
@@ -88,11 +106,48 @@ class FewShot(BilevelProblem):
     def cost_key(self, client: int) -> tuple:
         return ()
 
+    def _task(self, classes: np.ndarray | None, rng: np.random.Generator) -> Task:
+        shots = int(self.opts["shots"])
+        if self.opts["source"] == "synthetic":
+            return synthetic_task(rng, self.ways, shots, 20 - shots, int(self.opts["image_size"]))
+        return sample_task(self.omniglot, classes, self.ways, shots, None, rng)
+
     def sample(self, client: int, phase: str, rng: np.random.Generator) -> list[Task]:
-        o = self.opts
-        shots = int(o["shots"])
-        return [synthetic_task(rng, self.ways, shots, 20 - shots, int(o["image_size"]))
-                for _ in range(int(o["tasks"]))]
+        """The client's meta-batch: ``tasks`` N-way K-shot episodes from its own classes."""
+        classes = self.shards[client] if self.opts["source"] == "omniglot" else None
+        return [self._task(classes, rng) for _ in range(int(self.opts["tasks"]))]
+
+    def fit_head(self, x: Params, y: Params, task: Task) -> float:
+        """Query accuracy of a head fitted on the task's support set (``eval_steps`` gradient
+        steps on g from the global head y) on the frozen backbone x."""
+        with torch.no_grad():
+            feats = self.features(x, task)
+        head = {n: p.detach().clone().requires_grad_(True) for n, p in y.items()}
+        for _ in range(int(self.opts["eval_steps"])):
+            grads = torch.autograd.grad(self.inner_loss_from(feats, head, task),
+                                        list(head.values()))
+            with torch.no_grad():
+                for p, g in zip(head.values(), grads):
+                    p -= float(self.opts["eval_lr"]) * g
+        with torch.no_grad():
+            pred = self._logits(feats[1], head).argmax(-1)
+        return float((pred == task["query_labels"]).float().mean())
+
+    def evaluate_episodes(self, x: Params, y: Params, episodes: int,
+                          seed: int = 0) -> dict[str, float]:
+        """Mean query accuracy over ``episodes`` test episodes (test alphabets' classes) with a
+        95 % interval 1.96·σ/√E; the same seeded episodes at every evaluation."""
+        if self.opts["source"] == "synthetic":
+            return {}
+        rng = np.random.default_rng([seed, 0xE7A1])
+        accs = np.array([self.fit_head(x, y, self._task(self.split.test_classes, rng))
+                         for _ in range(episodes)])
+        return {"accuracy": float(accs.mean()),
+                "accuracy_ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes))
+                if episodes > 1 else 0.0, "episodes": episodes}
+
+    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
+        return self.evaluate_episodes(x, y, int(self.opts["eval_episodes"]))
 
     # --- losses, split at the backbone features (computed once per hypergradient) ----------
     def _embed(self, x: Params, images: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
 from ..errors import ConfigError, UnknownNameError, lookup
-from ..models import MODELS, build
+from ..models import MODELS, build, fresh_params
 from ..problem import BilevelProblem
 from ..submodel import ChannelPlan, Params
 
@@ -113,11 +113,7 @@ class LossTuning(BilevelProblem):
                 torch.as_tensor(self.data.labels[idx], dtype=torch.int64))
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
-        torch.manual_seed(seed)
-        for layer in self.model.modules():
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
-        y = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        y = fresh_params(self.model, seed)
         x = {n: torch.zeros(self.num_classes) for n in ("log_delta", "iota", "log_w")}
         return x, y
 
