@@ -1,0 +1,157 @@
+"""The bad-input catalogue: every case ends with a one-line error naming the bad value and
+what is allowed, exit code 2, no traceback, and nothing lost (no run directory created)."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+import rabo
+import rabo.models
+from rabo.cli import main
+from rabo.config import RunConfig
+from rabo.data import load_dataset
+from rabo.errors import RaboError
+from rabo.experiment import build
+from rabo.submodel import width
+
+OMNIGLOT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """Bad files the cases point at, written fresh into the test's tmp dir."""
+    (tmp / "empty").mkdir()
+    (tmp / "corrupt").mkdir()
+    (tmp / "corrupt" / "images_background_small1.zip").write_bytes(b"not a zip at all")
+    (tmp / "idx").mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(tmp / "idx" / f"{name}.gz", "wb") as fh:
+            fh.write(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\0")
+    (tmp / "bad.toml").write_text("rounds = = 3\n")
+    (tmp / "types.toml").write_text('rounds = "many"\n')
+    (tmp / "missing.csv").write_text("round,client,capacity\n1,0,1.0\n")
+    (tmp / "row.csv").write_text("round,client,capacity\n1,0,1.0\n1,1,lots\n")
+    return {k: str(tmp / v) for k, v in {
+        "empty": "empty", "corrupt": "corrupt", "idx": "idx", "bad_toml": "bad.toml",
+        "types_toml": "types.toml", "missing_csv": "missing.csv", "row_csv": "row.csv"}.items()}
+
+
+CLI = [
+    # unknown names
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["unknown-problem"], "unknown problem 'unknown-problem'"),
+    (["--set", "estimator=magic"], "unknown estimator 'magic'"),
+    (["--set", "policy=magic"], "unknown policy 'magic'"),
+    (["--set", "problem.model=vgg"], "unknown model 'vgg'"),
+    (["--set", "problem.model=conv4"], "model 'conv4' is not a classifier for loss tuning"),
+    (["--set", "problem.dataset=cifar"], "unknown dataset 'cifar'"),
+    (["fewshot", "--set", "problem.backbone=vit"], "unknown backbone 'vit'"),
+    (["fewshot", "--set", "problem.source=web"], "unknown episode source 'web'"),
+    (["--set", "problem.partition=zipf"], "zipf"),
+    (["--set", "policy=segments"], "needs option 'segments'"),
+    (["--set", "policy=coverage", "--set", "policy.rotat=1"], "'rotat'"),
+    # capacities
+    (["--capacities", "0"], "capacity 0.0 is outside (0, 1]"),
+    (["--capacities", "-0.5"], "capacity -0.5 is outside (0, 1]"),
+    (["--capacities", "1.5"], "capacity 1.5 is outside (0, 1]"),
+    (["--capacities", "nan"], "capacity nan is outside (0, 1]"),
+    (["--capacities", ","], "capacities is empty"),
+    (["--capacities", "1,half"], "capacities='1,half' is not of type list"),
+    (["--clients", "2", "--capacities", "1,0.5,0.25"], "3 capacities for 2 clients"),
+    # counts, steps and rates
+    (["--rounds", "0"], "rounds=0"),
+    (["--rounds", "-3"], "rounds=-3"),
+    (["--clients", "0"], "clients=0"),
+    (["--set", "inner_steps=0"], "inner_steps=0"),
+    (["--set", "outer_steps=-1"], "outer_steps=-1"),
+    (["--set", "terms=0"], "terms=0"),
+    (["--set", "eval_every=0"], "eval_every=0"),
+    (["--set", "inner_lr=0"], "inner_lr=0.0"),
+    (["--set", "outer_lr=-1"], "outer_lr=-1.0"),
+    (["--set", "outer_lr=nan"], "outer_lr=nan"),
+    (["--set", "mu=inf"], "mu=inf"),
+    (["--participation", "0"], "participation=0.0 is outside (0, 1]"),
+    (["--fail-prob", "1"], "fail_prob=1.0 is outside [0, 1)"),
+    (["--seed", "-1"], "seed=-1"),
+    # few-shot episodes
+    (["fewshot", "--set", "problem.shots=20", "--set", "problem.source=synthetic"],
+     "shots=20 must be in 1..19"),
+    (["fewshot", "--data-dir", OMNIGLOT, "--clients", "40", "--set", "problem.ways=20"],
+     "fewer than ways N=20"),
+    (["fewshot", "--data-dir", OMNIGLOT, "--set", "problem.train_alphabets=Klingon"],
+     "unknown alphabet"),
+    # data
+    (["fewshot"], "fewshot on Omniglot needs --data-dir"),
+    (["fewshot", "--data-dir", "/nonexistent/omniglot"], "does not exist"),
+    (["fewshot", "--data-dir", "{empty}"], "no Omniglot data in"),
+    (["fewshot", "--data-dir", "{corrupt}"], "cannot read Omniglot zip"),
+    (["--set", "problem.dataset=fashion-mnist"], "--data-dir is required"),
+    (["--set", "problem.dataset=fashion-mnist", "--data-dir", "/nonexistent"],
+     "does not exist"),
+    (["--set", "problem.dataset=mnist", "--data-dir", "{empty}"], "no MNIST in"),
+    (["--set", "problem.dataset=mnist", "--data-dir", "{idx}"], "truncated"),
+    # config sources
+    (["--config", "/nonexistent/c.toml"], "does not exist"),
+    (["--config", "{bad_toml}"], "cannot read config file"),
+    (["--config", "{types_toml}"], "rounds='many' is not of type int"),
+    (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["--set", "problem.no_such=1"], "'no_such'"),
+    (["--set", "problem.rho=steep"], "problem.rho='steep' is not of type float"),
+    (["--rounds", "ten"], "rounds='ten' is not of type int"),
+    (["--set", "novalue"], "not of the form key=value"),
+    (["--bogus-flag"], "unrecognized arguments"),
+    # capacity traces
+    (["--rounds", "1", "--clients", "2", "--capacity-trace", "{missing_csv}"],
+     "no row for round 1 client 1"),
+    (["--rounds", "1", "--clients", "2", "--capacity-trace", "{row_csv}"], "line 3"),
+    (["--capacity-trace", "/nonexistent.csv"], "cannot read capacity trace"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CLI, ids=[c[1][:40] for c in CLI])
+def test_cli_bad_input(argv, needle, tmp_path, capsys):
+    files = _files(tmp_path)
+    argv = [a.format(**files) for a in argv]
+    out = tmp_path / "run"
+    assert main(["run", *argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert err.startswith("rabo: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+API = [
+    (lambda: rabo.hypergradient(object(), {}, {}, None, "magic"), "unknown estimator 'magic'"),
+    (lambda: rabo.hypergradient(object(), {}, {}, None, terms=0), "terms=0"),
+    (lambda: build(RunConfig(problem="quadratic", capacities=[2.0])), "capacity 2.0"),
+    (lambda: build(RunConfig(problem="quadratic", method="sgd")), "unknown method 'sgd'"),
+    (lambda: build(RunConfig(problem="quadratic", problem_options={"coupling": "ring"})),
+     "coupling 'ring'"),
+    (lambda: load_dataset("svhn", "/tmp"), "unknown dataset 'svhn'"),
+    (lambda: width(8, 0.0), "capacity 0.0 is outside (0, 1]"),
+    (lambda: rabo.models.build("vgg"), "unknown model 'vgg'"),
+]
+
+
+@pytest.mark.parametrize("call,needle", API, ids=[c[1][:40] for c in API])
+def test_api_bad_input(call, needle):
+    with pytest.raises(RaboError) as info:
+        call()
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+
+
+def test_catalogue_has_at_least_forty_cases():
+    assert len(CLI) + len(API) >= 40
+
+
+def test_json_of_a_checkpointed_run_is_untouched_by_a_refused_resume(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "quadratic", "--rounds", "2", "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["run", "quadratic", "--resume", str(out), "--rounds", "3"]) == 2
+    assert "differs in rounds" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert json.loads((out / "config.json").read_text())["rounds"] == 2
