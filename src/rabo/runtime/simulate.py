@@ -1,13 +1,12 @@
-"""The in-process simulator: M clients over T rounds, one process, calling the same client and
-server steps as the Flower app."""
+"""The in-process simulator: M clients over T rounds in one process; the round itself is
+:func:`rabo.rounds.run_round`, the same driver the Flower app uses."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,109 +14,36 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .. import checkpoint, client, server
-from ..accounting import FlopCache, message_bytes, nbytes, shape_key
+from .. import checkpoint, client
+from ..accounting import FlopCache, shape_key
 from ..experiment import Experiment
-from ..submodel import Params
+from ..rounds import Job, Reply, RunState, run_round
 
 
-@dataclass
-class RunState:
-    """Server state between rounds: full-size x^t, y^t and the next round t."""
+class LocalTransport:
+    """The simulator's transport: each job is a direct call of the client step, its FLOPs
+    counted once per (phase, cost key, shapes) by the :class:`FlopCache`."""
 
-    x: Params
-    y: Params
-    round: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self, exp: Experiment, flops: FlopCache):
+        self.exp, self.flops = exp, flops
 
-
-@dataclass
-class PhaseResult:
-    """What one phase of all clients returns to the server, and what it cost."""
-
-    deltas: list[Params]
-    losses: list[float]
-    flops: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-
-
-def run_phase(exp: Experiment, phase: str, x: Params, y: Params, clients: list[int],
-              indices: list, round: int, flops: FlopCache) -> PhaseResult:
-    """Each client in ``clients`` runs its ``phase`` step on its extracted submodel; costs are
-    counted."""
-    problem, plan, seed = exp.problem, exp.problem.plan, exp.config.seed
-    step = client.inner_phase if phase == "inner" else client.outer_phase
-    result = PhaseResult([], [])
-    for i, index in zip(clients, indices, strict=True):
-        xs, ys = plan.extract(x, index), plan.extract(y, index)
-        (delta, m), fl = flops.run(
-            (phase, problem.cost_key(i), shape_key(xs), shape_key(ys)),
-            partial(step, problem, xs, ys, index, i, round, exp.settings, seed))
-        result.deltas.append(delta)
-        result.losses.append(m[f"{phase}_loss"])
-        result.flops += fl
-        result.bytes_down += message_bytes(plan, phase, xs, ys, index)
-        result.bytes_up += nbytes(delta)
-    return result
-
-
-def accepted(clients: list[int], indices: list, result: PhaseResult,
-             rejected: list[int]) -> tuple[list, list[Params]]:
-    """The (index, Δ) pairs to aggregate: updates with NaN or Inf are rejected (and logged)."""
-    keep = []
-    for i, index, delta in zip(clients, indices, result.deltas):
-        if server.is_finite(delta):
-            keep.append((index, delta))
-        elif i not in rejected:
-            rejected.append(i)
-    return [k[0] for k in keep], [k[1] for k in keep]
+    def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
+        problem, settings, seed = self.exp.problem, self.exp.settings, self.exp.config.seed
+        step = client.inner_phase if phase == "inner" else client.outer_phase
+        replies: list[Reply | None] = []
+        for job in jobs:
+            (delta, m), fl = self.flops.run(
+                (phase, problem.cost_key(job.client), shape_key(job.x), shape_key(job.y)),
+                partial(step, problem, job.x, job.y, job.index, job.client, round, settings,
+                        seed))
+            replies.append(Reply(delta, m[f"{phase}_loss"], fl))
+        return replies
 
 
 def simulate_round(exp: Experiment, state: RunState, flops: FlopCache,
                    clients: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
-    """One round of Algorithm 1; updates ``state`` and returns its metrics. ``clients`` =
-    (participants, failed) overrides the seeded draw of :func:`server.participants`."""
-    start = time.perf_counter()
-    cfg, problem, plan = exp.config, exp.problem, exp.problem.plan
-    t, x, y = state.round, state.x, state.y
-    capacities = exp.schedule.at(t)
-    chosen, failed = clients or server.participants(cfg.clients, cfg.participation,
-                                                     cfg.fail_prob, cfg.seed, t)
-    alive = [i for i in chosen if i not in failed]
-    indices = server.round_masks(exp.policy, plan, x, y, [capacities[i] for i in alive], t,
-                                 cfg.seed)
-    rejected: list[int] = []
-    inner = run_phase(exp, "inner", x, y, alive, indices, t, flops)
-    y, cover_y = server.server_update(plan, y, *accepted(alive, indices, inner, rejected))
-    outer = PhaseResult([], [])
-    if exp.tunes_x:
-        outer = run_phase(exp, "outer", x, y, alive, indices, t, flops)
-        x, cover_x = server.server_update(plan, x, *accepted(alive, indices, outer, rejected))
-    else:
-        cover_x = server.cover_stats(server.cover_counts(plan, x, []))
-
-    state.x, state.y, state.round = x, y, t + 1
-    metrics: dict[str, Any] = {
-        "round": t + 1, "method": cfg.method,
-        "inner_loss": _mean(inner.losses), "outer_loss": _mean(outer.losses),
-        "cover_x": cover_x.minimum, "cover_y": cover_y.minimum,
-        "uncovered_x": cover_x.uncovered, "uncovered_y": cover_y.uncovered,
-        "flops": inner.flops + outer.flops, "flops_inner": inner.flops,
-        "flops_outer": outer.flops, "bytes_down": inner.bytes_down + outer.bytes_down,
-        "bytes_up": inner.bytes_up + outer.bytes_up,
-        "capacities": [capacities[i] for i in alive], "clients": alive, "failed": failed,
-        "rejected": sorted(rejected),
-    }
-    metrics.update(problem.round_metrics(x, y))
-    if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
-        metrics.update(problem.evaluate(x, y))
-    metrics["seconds"] = time.perf_counter() - start
-    return metrics
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    """One round in this process (see :func:`rabo.rounds.run_round`)."""
+    return run_round(exp, state, LocalTransport(exp, flops), clients)
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
