@@ -146,3 +146,30 @@ def test_load_returns_tensors_in_the_problems_order(tmp_path):
     lx, ly, done, config = checkpoint.load(tmp_path, (x, y))
     assert list(lx) == ["b", "a"] and list(ly) == ["z.w", "a.w"] and done == 3
     assert all(torch.equal(lx[n], x[n]) for n in x) and config == {"problem": "p"}
+
+
+def test_ctrl_c_checkpoints_and_exits_with_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out, whole = tmp_path / "cut", tmp_path / "whole"
+    args = [sys.executable, "-m", "rabo.cli", "run", "quadratic", "--rounds", "150",
+            "--checkpoint-every", "1000", "--quiet"]
+    proc = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count(
+                "\n") >= 5:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.startswith("rabo: interrupted after round ") and err.count("\n") == 1, err
+    done = checkpoint.peek(out)["round"]
+    assert 5 <= done < 150 and f"round {done} of 150" in err
+    resumed = subprocess.run([sys.executable, "-m", "rabo.cli", "run", "--resume", str(out),
+                              "--quiet"], env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run(args + ["--out", str(whole)], env=env, check=True, capture_output=True)
+    assert _metrics(out) == _metrics(whole)
+    _same_final(out, whole)

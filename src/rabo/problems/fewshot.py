@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
+from tqdm import tqdm
 
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
@@ -140,8 +141,9 @@ class FewShot(BilevelProblem):
         if self.opts["source"] == "synthetic":
             return {}
         rng = np.random.default_rng([seed, 0xE7A1])
+        bar = tqdm(range(episodes), desc="test episodes", leave=False, disable=None)
         accs = np.array([self.fit_head(x, y, self._task(self.split.test_classes, rng))
-                         for _ in range(episodes)])
+                         for _ in bar])
         return {"accuracy": float(accs.mean()),
                 "accuracy_ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes))
                 if episodes > 1 else 0.0, "episodes": episodes}
