@@ -103,12 +103,30 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
                    help="directory for the figures and tables (default: DIR/report of the first)")
 
 
+def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="reproduce one of the paper's experiments (table, CSV and plots)",
+        description="Run one of the paper's experiments with the simulator into OUT: every "
+                    "method's run directory, a results table (Markdown and CSV) and PNG plots. "
+                    "Finished runs in OUT are reused, so an interrupted reproduction continues.")
+    p.add_argument("experiment", choices=["fig6"], help="fig6: loss tuning on long-tailed data")
+    p.add_argument("--data-dir", help="directory holding the data set files")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="fig6: fashion-mnist (default), mnist, cifar10 or digits")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce-NAME)")
+    p.add_argument("--quick", action="store_true",
+                   help="the same pipeline at a size that finishes in minutes")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rabo", description="Resource-adaptive federated bilevel optimization "
                      "(RABO / RAFBO): dual-pruned submodels, parameter-wise aggregation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _run_parser(sub)
     _cost_parser(sub)
+    _reproduce_parser(sub)
     _report_parser(sub)
     return parser
 
@@ -223,7 +241,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "cost": cmd_cost, "report": cmd_report}
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import EXPERIMENTS
+
+    out = args.out or Path("runs") / f"reproduce-{args.experiment}"
+    files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
+                                         seed=args.seed, progress=not args.quiet)
+    print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "cost": cmd_cost, "reproduce": cmd_reproduce, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,9 +116,10 @@ def series(run: Run, key: str, against: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def plot(runs: list[Run], panels: list[Panel], against: str, path: Path) -> bool:
-    """One panel per metric that some run logs, one line per run; False (nothing written) when
-    no run logs any of them."""
+def plot(runs: list[Run], panels: list[Panel], against: str, path: Path,
+         dashed: frozenset[str] = frozenset()) -> bool:
+    """One panel per metric that some run logs, one line per run (methods in ``dashed`` drawn
+    as dashed reference lines); False (nothing written) when no run logs any of them."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -132,6 +133,7 @@ def plot(runs: list[Run], panels: list[Panel], against: str, path: Path) -> bool
         for i, (run, (xs, ys)) in enumerate(zip(runs, lines)):
             if xs:  # colour by run index, so a run keeps its colour in every figure
                 ax.plot(xs, ys, color=f"C{i % 10}", label=run.label,
+                        linestyle="--" if run.config.get("method") in dashed else "-",
                         marker="o" if len(xs) <= 50 else None, markersize=3, linewidth=1.2)
         ax.set(xlabel=AXES[against], ylabel=label, yscale="log" if log else "linear")
         if against == "rounds":

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from .. import checkpoint, client
 from ..accounting import FlopCache, shape_key
 from ..experiment import Experiment
-from ..rounds import Job, Reply, RunState, run_round
+from ..rounds import Job, Reply, RunState, Transport, run_round
 
 
 class LocalTransport:
@@ -53,11 +53,13 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(exp: Experiment, out: Path | None = None, progress: bool = True,
-        resume: bool = False) -> RunState:
+        resume: bool = False, transport: Transport | None = None) -> RunState:
     """Run all rounds; with ``out``, write config.json, metrics.jsonl (a line a round, flushed),
     a checkpoint every ``checkpoint_every`` rounds and at the end, and final.safetensors.
     Progress is a bar on a terminal, a plain line per evaluation round otherwise.
-    ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first."""
+    ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first.
+    ``transport`` carries the client steps (default: in this process; the Flower ServerApp
+    passes its own and so shares this loop, its files and its checkpoints)."""
     from tqdm import tqdm
 
     cfg = exp.config
@@ -73,7 +75,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             (out / "metrics.jsonl").write_text("")
-    flops = FlopCache()
+    transport = transport or LocalTransport(exp, FlopCache())
     shown: dict[str, str] = {}
     interactive = progress and sys.stderr.isatty()
     bar = tqdm(total=cfg.rounds, initial=state.round, disable=not interactive,
@@ -82,7 +84,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
     saved = state.round
     try:
         while state.round < cfg.rounds:
-            metrics = _clean(simulate_round(exp, state, flops))
+            metrics = _clean(run_round(exp, state, transport))
             state.history.append(metrics)
             if metrics_file:
                 metrics_file.write(json.dumps(metrics) + "\n")
