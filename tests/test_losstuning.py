@@ -40,3 +40,36 @@ def test_tuning_the_loss_beats_plain_cross_entropy_on_average():
     tuned = sum(final("fedmbo", s) for s in seeds) / len(seeds)
     plain = sum(final("fedavg", s) for s in seeds) / len(seeds)
     assert tuned > plain
+
+
+def test_vs_loss_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 0, 0])
+    x = {k: 0.3 * torch.randn(4, generator=g, dtype=torch.float64)
+         for k in ("log_delta", "iota", "log_w")}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    grads = torch.autograd.grad(vs_loss(logits, labels, leaves), list(leaves.values()))
+    eps = 1e-6
+    for (name, value), grad in zip(x.items(), grads):
+        for c in range(4):
+            plus, minus = dict(x), dict(x)
+            plus[name] = value.clone()
+            plus[name][c] += eps
+            minus[name] = value.clone()
+            minus[name][c] -= eps
+            fd = (vs_loss(logits, labels, plus) - vs_loss(logits, labels, minus)) / (2 * eps)
+            assert abs(float(fd) - float(grad[c])) < 1e-8, (name, c)
+
+
+def test_long_tailed_training_set_has_imbalance_ratio_rho():
+    from rabo.problems.losstuning import LossTuning
+
+    problem = LossTuning(clients=10, seed=0)
+    labels = problem.data.labels
+    counts = torch.bincount(torch.as_tensor(
+        [int(labels[i]) for tr, va in problem.data.clients for i in list(tr) + list(va)]))
+    # n_c = ⌊n_max ρ^(−c/(C−1))⌋ with ρ = 10: n_0 / n_9 = ⌊124⌋ / ⌊12.4⌋
+    assert counts[0] == 124 and counts[-1] == 12
+    assert counts[0] / counts[-1] == pytest.approx(10.0, rel=0.04)
+    assert all(counts[c] >= counts[c + 1] for c in range(9))
