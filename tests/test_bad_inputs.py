@@ -112,6 +112,8 @@ CLI = [
 
 @pytest.mark.parametrize("argv,needle", CLI, ids=[c[1][:40] for c in CLI])
 def test_cli_bad_input(argv, needle, tmp_path, capsys):
+    if OMNIGLOT in argv and not Path(OMNIGLOT).exists():
+        pytest.skip(f"needs the Omniglot subset in {OMNIGLOT}")
     files = _files(tmp_path)
     argv = [a.format(**files) for a in argv]
     out = tmp_path / "run"
