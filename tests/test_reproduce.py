@@ -2,12 +2,13 @@
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from rabo.cli import main
-from rabo.reproduce import FIG6_METHODS
+from rabo.reproduce import FEWSHOT_METHODS, FIG6_METHODS
 
 DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -48,3 +49,62 @@ def test_fig6_quick_on_fashion_mnist(tmp_path):
     assert main(["reproduce", "fig6", "--quick", "--data-dir", DATA, "--out", str(out),
                  "--quiet"]) == 0
     _check_fig6(out, max_bytes_ratio=0.27)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def _check_accuracy(row: dict[str, str]) -> None:
+    acc, ci = float(row["final_accuracy"]), float(row["accuracy_ci95"])
+    assert 0.0 <= acc <= 1.0 and 0.0 < ci < 0.5
+
+
+def test_table2_and_fig4_quick_on_omniglot(tmp_path):
+    out = tmp_path / "fewshot"
+    args = ["--quick", "--settings", "5w1s", "--data-dir", DATA, "--out", str(out), "--quiet"]
+    assert main(["reproduce", "table2", *args]) == 0
+    rows = _rows(out / "table2.csv")
+    assert [r["method"] for r in rows] == list(FEWSHOT_METHODS)
+    for r in rows:
+        assert r["setting"] == "5w1s" and r["rounds"] == "2"
+        _check_accuracy(r)
+        assert 0.0 < float(r["flops_ratio"]) <= 1.0 and 0.0 < float(r["bytes_ratio"]) <= 1.0
+    md = (out / "table2.md").read_text().splitlines()
+    assert md[0] == "| method | 5w1s |" and len(md) == len(FEWSHOT_METHODS) + 2
+    assert all(re.fullmatch(r"\| \w+ \| \d+\.\d\d ± \d+\.\d\d \|", line) for line in md[2:])
+    assert (out / "table2_5w1s_accuracy.png").read_bytes().startswith(b"\x89PNG")
+    # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
+    assert main(["reproduce", "fig4", *args]) == 0
+    cost = {r["method"]: r for r in _rows(out / "fig4_cost_5w1s.csv")}
+    assert list(cost) == ["fedmbo", "rabo", "rafbo"] and float(cost["fedmbo"]["flops_ratio"]) == 1
+    assert float(cost["rabo"]["flops_ratio"]) <= 0.30 and float(cost["rafbo"]["bytes_ratio"]) <= 0.30
+    cover = _rows(out / "fig4_cover_5w1s.csv")
+    assert [(r["cover"], r["channel_cover"]) for r in cover] == [("cx1", "1"), ("cx5", "5")]
+    for r in cover:
+        _check_accuracy(r)
+    for name in ("fig4_cost_5w1s.png", "fig4_cover_5w1s.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+@pytest.mark.slow
+def test_table3_quick_on_omniglot(tmp_path):
+    out = tmp_path / "table3"
+    assert main(["reproduce", "table3", "--quick", "--data-dir", DATA, "--out", str(out),
+                 "--quiet"]) == 0
+    rows = _rows(out / "table3.csv")
+    assert [(r["setting"], r["run"]) for r in rows][:2] == [("5w1s", "rabo-M10"),
+                                                            ("5w1s", "rabo-M20")]
+    assert len(rows) == 16
+    for r in rows:
+        _check_accuracy(r)
+    assert (out / "table3.md").read_text().splitlines()[0] == "| run | 5w1s | 5w5s |"
+
+
+def test_unknown_setting_and_fewshot_options_on_fig6_are_config_errors(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["reproduce", "table2", "--settings", "7w1s", "--out", out, "--quiet"]) == 2
+    assert "unknown few-shot setting '7w1s'" in capsys.readouterr().err
+    assert main(["reproduce", "fig6", "--settings", "5w1s", "--out", out, "--quiet"]) == 2
+    assert "fig6 takes neither --settings nor --config" in capsys.readouterr().err

@@ -83,8 +83,8 @@ def _cost_parser(sub: argparse._SubParsersAction) -> None:
                     "outer phase) and the bytes it receives and sends, by running the methods' "
                     "first rounds with the same counting as `rabo run`; ratios are to fedmbo.")
     _config_options(p)
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated methods to compare (default: all)")
+    p.add_argument("--methods", help="comma-separated methods to compare (default: all "
+                   "that run on the problem)")
     p.add_argument("--rounds", type=int, default=1, help="rounds to average over (default: 1)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
 
@@ -109,7 +109,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
         description="Run one of the paper's experiments with the simulator into OUT: every "
                     "method's run directory, a results table (Markdown and CSV) and PNG plots. "
                     "Finished runs in OUT are reused, so an interrupted reproduction continues.")
-    p.add_argument("experiment", choices=["fig6"], help="fig6: loss tuning on long-tailed data")
+    p.add_argument("experiment", choices=["fig6", "table2", "table3", "fig4"],
+                   help="fig6: loss tuning on long-tailed data; table2, table3, fig4: few-shot "
+                        "on Omniglot (methods; number of clients; cost and cover number)")
     p.add_argument("--data-dir", help="directory holding the data set files")
     p.add_argument("--dataset", default="fashion-mnist",
                    help="fig6: fashion-mnist (default), mnist, cifar10 or digits")
@@ -117,6 +119,11 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the same pipeline at a size that finishes in minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--settings", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+                   help="few-shot: comma-separated settings to run, e.g. 5w1s,20w5s "
+                        "(default: the experiment's)")
+    p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: "
+                   "configs/fewshot.toml of the source tree)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -128,6 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
     _cost_parser(sub)
     _reproduce_parser(sub)
     _report_parser(sub)
+    _flower_parser(sub)
     return parser
 
 
@@ -221,8 +229,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_cost(args: argparse.Namespace) -> int:
     from .cost import format_table, measure
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
+    methods = None if args.methods is None else \
+        [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods or []:
         get_method(m)
     if args.rounds < 1:
         raise ConfigError(f"rounds={args.rounds!r} is not allowed; rounds must be an integer ≥ 1")
@@ -246,12 +255,63 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"reproduce-{args.experiment}"
     files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
-                                         seed=args.seed, progress=not args.quiet)
+                                         seed=args.seed, progress=not args.quiet,
+                                         settings=args.settings, config=args.config)
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "cost": cmd_cost, "reproduce": cmd_reproduce, "report": cmd_report}
+def _flower_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flower", help="run on Flower: the same client and server steps, as "
+                                      "messages between a SuperLink and SuperNodes")
+    modes = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
+    run_options = _Parser(add_help=False).add_subparsers(parser_class=_Parser)
+    _run_parser(run_options)
+    local = modes.add_parser(
+        "local", parents=[run_options.choices["run"]], conflict_handler="resolve",
+        help="start a SuperLink and SuperNodes on 127.0.0.1 and run there",
+        description="Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
+                    "k+N, ...), run PROBLEM on them with `flwr run`, write the same run "
+                    "directory as `rabo run`, and stop every process started. Takes the "
+                    "options of `rabo run`.")
+    local.add_argument("--supernodes", type=int, default=3,
+                       help="SuperNodes to start (default: 3)")
+    local.add_argument("--timeout", type=float, default=600.0,
+                       help="seconds a phase waits for a node's reply before counting its "
+                            "clients failed (default: 600)")
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("rabo flower needs Flower; install it with pip install 'rabo[flower]'")
+    from .runtime.flower import run_local
+
+    if args.resume:
+        exp, out = resumed_experiment(args)
+    else:
+        exp = build(config_from_args(args))
+        cfg = exp.config
+        out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
+        if out.exists() and any(out.iterdir()):
+            if not args.overwrite:
+                raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
+                                  f"to replace it or choose another --out")
+            shutil.rmtree(out)
+    cfg = exp.config
+    run_local(exp, out, args.supernodes, args.timeout, resume=bool(args.resume),
+              quiet=args.no_progress)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
+             if last.get(k) is not None}
+    print(f"{cfg.method} on {cfg.problem} (Flower, {args.supernodes} SuperNodes): {cfg.rounds} "
+          "rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "cost": cmd_cost, "reproduce": cmd_reproduce, "report": cmd_report,
+            "flower": cmd_flower}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,8 +56,11 @@ def inner_objective(problem: BilevelProblem, x: Params, batch: Batch) -> Callabl
 
 def descend(problem: BilevelProblem, x: Params, y: Params, batches: Sequence[Batch],
             lr: float) -> tuple[Params, list[float]]:
-    """One gradient step on y per batch: ỹ^{k+1} = ỹ^k − η ∇_y g(x̃, ỹ^k; ξ_k) (eq 5)."""
+    """One gradient step on y per batch: ỹ^{k+1} = ỹ^k − η ∇_y g(x̃, ỹ^k; ξ_k) (eq 5). An empty
+    y (ProtoNet, MAML: everything learned is x) has nothing to descend: a no-op."""
     y = {n: p.detach() for n, p in y.items()}
+    if not y:
+        return y, []
     losses, objective, last = [], None, None
     for batch in batches:
         if batch is not last:
@@ -88,7 +91,8 @@ def inner_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIn
         batches = [problem.restrict(problem.sample(client, "inner", rng), index) for _ in range(K)]
         runs = [descend(problem, x, y0, batches, settings.inner_lr)]
     delta = {n: y0[n] - torch.stack([yk[n] for yk, _ in runs]).mean(0) for n in y0}
-    return delta, {"inner_loss": float(np.mean([l for _, ls in runs for l in ls]))}
+    losses = [l for _, ls in runs for l in ls]
+    return delta, {"inner_loss": float(np.mean(losses)) if losses else float("nan")}
 
 
 def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,

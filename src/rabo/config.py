@@ -160,7 +160,13 @@ def _positive(name: str, value: float, integer: bool) -> None:
 def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
     """Fill every ``None`` from the method preset and the problem's defaults, and validate."""
     method = get_method(config.method)
-    out = dataclasses.replace(config, problem_options=dict(config.problem_options),
+    method.check_problem(config.problem)
+    for key, value in method.problem_options.items():
+        if config.problem_options.get(key, value) != value:
+            raise ConfigError(f"problem.{key}={config.problem_options[key]!r} contradicts method "
+                              f"{method.name!r}, which needs {key}={value!r}")
+    out = dataclasses.replace(config, problem_options={**config.problem_options,
+                                                       **method.problem_options},
                               policy_options=dict(config.policy_options))
     if out.policy is None:
         out.policy = method.policy

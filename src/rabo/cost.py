@@ -16,11 +16,15 @@ from .runtime.simulate import RunState, simulate_round
 COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")
 
 
-def measure(config: RunConfig, methods: Sequence[str] = tuple(METHODS),
+def measure(config: RunConfig, methods: Sequence[str] | None = None,
             rounds: int = 1) -> list[dict[str, Any]]:
-    """Run ``rounds`` rounds of each method from the initial model and average the counted
-    costs per client per round; ratios are to ``fedmbo`` (its preset, whatever policy or
-    estimator ``config`` overrides for the others) on the same problem and data."""
+    """Run ``rounds`` rounds of each method (default: every method defined on the problem) from
+    the initial model and average the counted costs per client per round; ratios are to
+    ``fedmbo`` (its preset, whatever policy or estimator ``config`` overrides for the others)
+    on the same problem and data."""
+    if methods is None:
+        methods = [m.name for m in METHODS.values()
+                   if not m.problems or config.problem in m.problems]
     rows = []
     for name in dict.fromkeys(["fedmbo", *methods]):
         preset = {"policy": None, "estimator": None, "policy_options": {}} \

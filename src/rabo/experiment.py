@@ -48,6 +48,9 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
         problem = problem_cls(clients=cfg.clients, seed=cfg.seed, data_dir=cfg.data_dir,
                               **cfg.problem_options)
     cfg.problem_options = problem.config()
+    if cfg.estimator not in (None, "first-order") and not problem.init_params(cfg.seed)[1]:
+        raise ConfigError(f"estimator {cfg.estimator!r} needs an inner variable y, which problem "
+                          f"{problem.name!r} with these options has none of; use first-order")
     trace = None
     if cfg.capacity_trace is not None:
         trace = read_trace(cfg.capacity_trace, cfg.clients, cfg.rounds)

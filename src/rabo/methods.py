@@ -1,20 +1,32 @@
-"""Named presets: a method is a mask policy × a hypergradient estimator (SPEC §5)."""
+"""Named presets: a method is a mask policy × a hypergradient estimator (SPEC §5), plus the
+problem options it needs (ProtoNet and MAML reshape the few-shot problem instead of adding a
+second training loop)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from .errors import lookup
+from .errors import ConfigError, lookup
 
 
 @dataclass(frozen=True)
 class Method:
-    """``estimator=None``: x stays at its initial value (no outer phase), e.g. untuned FedAvg."""
+    """``estimator=None``: x stays at its initial value (no outer phase), e.g. untuned FedAvg.
+    ``problem_options`` override the problem's options; ``problems`` (empty: any) are the
+    problems the method is defined on."""
 
     name: str
     policy: str
     estimator: str | None
     summary: str
+    problem_options: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def check_problem(self, problem: str) -> None:
+        if self.problems and problem not in self.problems:
+            raise ConfigError(f"method {self.name!r} runs only on problem "
+                              f"{', '.join(self.problems)}, not {problem!r}")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -26,6 +38,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("fiarse", "fiarse", "first-order", "FIARSE importance-aware submodels, first-order x"),
     Method("oap", "coverage", "first-order", "coverage-tiled submodels (OAP), first-order x"),
     Method("fedavg", "full", None, "FedAvg on y with x fixed at its initial value (no tuning)"),
+    Method("protonet", "full", "first-order",
+           "distributed ProtoNet: FedAvg of the backbone x on the prototypical query loss "
+           "(logits −‖φ(q) − c_k‖², c_k the class's mean support feature); no head, y empty, "
+           "so the inner phase is a no-op", {"head": "prototype"}, ("fewshot",)),
+    Method("maml", "full", "first-order",
+           "distributed first-order MAML: head and backbone together are x (y empty); f is the "
+           "query loss at x adapted `maml_steps` steps of `maml_lr` on the support loss with "
+           "the adaptation's Jacobian dropped, so the first-order ĥ is the FO-MAML gradient; "
+           "FedAvg", {"head": "meta"}, ("fewshot",)),
 ]}
 
 

@@ -77,8 +77,10 @@ class BilevelProblem:
         """Cheap metrics logged every round (the quadratic's true ‖∇F(x^t)‖)."""
         return {}
 
-    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
-        """Metrics of the global model (accuracy, ``hypergrad_norm``, …) on held-out data."""
+    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, float]:
+        """Metrics of the global model (accuracy, ``hypergrad_norm``, …) on held-out data;
+        ``final`` is True on the run's last round (the driver passes it only to problems
+        whose ``evaluate`` takes it)."""
         return {}
 
     def config(self) -> dict[str, Any]:

@@ -144,6 +144,23 @@ def plot(runs: list[Run], panels: list[Panel], against: str, path: Path,
     return True
 
 
+def bars(rows: list[dict[str, Any]], panels: list[tuple[str, str]], path: Path) -> None:
+    """One bar panel per (key, axis label), one bar per row labelled by its ``method``
+    (e.g. cost relative to FedMBO), the value printed on each bar."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(0.6 + 0.9 * len(rows) * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    names = [str(r.get("method")) for r in rows]
+    for ax, (key, label) in zip(axes, panels):
+        values = [float(r.get(key) or 0.0) for r in rows]
+        drawn = ax.bar(names, values, color=[f"C{i % 10}" for i in range(len(rows))])
+        ax.bar_label(drawn, fmt="%.3g", fontsize="small")
+        ax.set(ylabel=label)
+        ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=100)
+
+
 def summarize(run: Run) -> dict[str, Any]:
     """One summary row (None where the run never logged the metric)."""
     def values(key: str) -> list[Any]:

@@ -4,7 +4,25 @@ the simulator into one output directory and writes a results table (Markdown, CS
 ``fig6`` (paper V-B): loss tuning with the VS loss on long-tailed data, every pruned method at
 half width (the paper's capacity setting), FedMBO (tuned, full model) and FedAvg (untuned, full
 model) as dashed reference lines; final balanced test accuracy and cost relative to FedMBO.
-``--quick`` runs the same pipeline at a size that finishes in minutes.
+
+Few-shot on Omniglot (paper V-A), run settings from ``configs/fewshot.toml`` (or ``config``):
+
+- ``table2``: every few-shot method × {5w1s, 5w5s, 20w1s, 20w5s}, 10 clients at capacities
+  {1, ½, ¼, ⅛, 1/16} (two each); final test accuracy ± 95 % interval over ``final_episodes``.
+- ``table3``: RABO and RAFBO with 10, 20, 30 and 50 clients, 5w1s and 5w5s.
+- ``fig4``: (a) FLOPs and bytes of RABO and RAFBO relative to FedMBO (bar chart); (b) the
+  cover number: every client at half width with explicit segments so that C_x = 1 (nine clients
+  hold the first half of every layer's channels, one client the second half: the second half is
+  trained by one client only) or C_x = 5 (five clients each half); both have capacity ½ for all,
+  so only how the halves are spread differs. C_x here is the *channel* cover (the fewest
+  clients whose submodel keeps a channel: what the segments control), logged as
+  ``channel_cover``. The engine's coordinate-wise ``min_cover_x`` is 0 in both designs: a
+  half-width client keeps the conv weights between its own input and output channels only, so
+  weights from one half to the other are in nobody's submodel (with every client at ½ width
+  the weights' mean cover is 10 · ¼ = 2.5, so no design reaches a coordinate cover of 5).
+
+``--quick`` runs the same pipeline at a size that finishes in minutes (2 rounds, one task per
+client, 20 final test episodes).
 """
 
 from __future__ import annotations
@@ -14,13 +32,28 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+import torch
+
+from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml
+from .errors import ConfigError, UnknownNameError
 from .experiment import build
-from .report import load_runs, plot, summarize
+from .masks.segments import segment_channels
+from .problems import FewShot
+from .report import Run, bars, load_runs, plot, summarize
 from .runtime.simulate import run
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
 REFERENCES = frozenset({"fedmbo", "fedavg"})
+FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "fiarse", "rabo",
+                   "rafbo")
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
+TABLE3_CLIENTS = (10, 20, 30, 50)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+QUICK_FEWSHOT = {"rounds": 2, "eval_every": 1, "problem.tasks": 1, "problem.eval_episodes": 10,
+                 "problem.final_episodes": 20}
+# C_x experiment (fig4 b): 10 clients, each keeps half of every layer's channels
+CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
+               "cx5": [[[0.0, 0.5]]] * 5 + [[[0.5, 1.0]]] * 5}
 
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) -> list[Path]:
@@ -36,34 +69,52 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) ->
 
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
-    """Final and best accuracy, and total FLOPs and bytes relative to ``reference``'s run."""
-    rows = [summarize(r) for r in load_runs(paths)]
-    base = next(r for r in rows if r["method"] == reference)
+    """Final and best accuracy (with the final 95 % interval where logged), and total FLOPs and
+    bytes relative to ``reference``'s run (None without one)."""
+    runs = load_runs(paths)
+    rows = [summarize(r) | {"accuracy_ci95": _last(r, "accuracy_ci95")} for r in runs]
+    base = next((r for r in rows if r["method"] == reference), None)
     for r in rows:
-        r["flops_ratio"] = r["gflops"] / base["gflops"] if base["gflops"] else None
-        r["bytes_ratio"] = r["mb"] / base["mb"] if base["mb"] else None
+        r["flops_ratio"] = r["gflops"] / base["gflops"] if base and base["gflops"] else None
+        r["bytes_ratio"] = r["mb"] / base["mb"] if base and base["mb"] else None
     return rows
+
+
+def _last(run: Run, key: str) -> Any:
+    return next((row[key] for row in reversed(run.rows) if row.get(key) is not None), None)
+
+
+def _cell(v: Any) -> str:
+    return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_markdown(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write_table(rows: list[dict[str, Any]], columns: list[str], out: Path, stem: str) -> list[Path]:
     """``stem``.csv (full precision) and ``stem``.md (4 significant figures)."""
-    with open(out / f"{stem}.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v: Any) -> str:
-        return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    return [out / f"{stem}.csv", out / f"{stem}.md"]
+    return [write_csv(rows, columns, out / f"{stem}.csv"),
+            write_markdown(rows, columns, out / f"{stem}.md")]
 
 
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
-         seed: int = 0, progress: bool = True) -> list[Path]:
+         seed: int = 0, progress: bool = True, settings: list[str] | None = None,
+         config: Path | None = None) -> list[Path]:
     """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data."""
+    if settings or config:
+        raise ConfigError("fig6 takes neither --settings nor --config")
     base = RunConfig(problem="losstuning", clients=10, capacities=[0.5], seed=seed,
                      data_dir=data_dir, problem_options={"dataset": dataset})
     if quick:
@@ -80,4 +131,124 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
     return files + write_table(cost_table(paths), columns, out, "fig6")
 
 
-EXPERIMENTS = {"fig6": fig6}
+# --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
+def fewshot_base(data_dir: str | None, quick: bool, seed: int,
+                 config: Path | None) -> RunConfig:
+    """10 clients at the paper's capacities, then the config file (default
+    ``configs/fewshot.toml``), then the quick overrides."""
+    base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
+                     data_dir=data_dir)
+    options = {k: type(v) for k, v in FewShot.options.items()}
+    path = config or CONFIGS / "fewshot.toml"
+    if config is not None or path.exists():
+        apply(base, load_toml(path), options)
+    if quick:
+        apply(base, QUICK_FEWSHOT, options)
+    base.seed = seed
+    base.data_dir = data_dir or base.data_dir
+    return base
+
+
+def setting(base: RunConfig, name: str, **changes: Any) -> RunConfig:
+    """``base`` in setting ``name`` ("5w1s": 5-way 1-shot), with other fields changed."""
+    if name not in SETTINGS:
+        raise UnknownNameError("few-shot setting", name, SETTINGS)
+    ways, shots = SETTINGS[name]
+    return dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
+                                                      "shots": shots}, **changes)
+
+
+def accuracy_cell(row: dict[str, Any]) -> str:
+    acc, ci = row.get("final_accuracy"), row.get("accuracy_ci95")
+    return "—" if acc is None else f"{100 * acc:.2f} ± {100 * (ci or 0.0):.2f}"
+
+
+def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
+                  progress: bool) -> list[Path]:
+    """Run ``grid`` (setting → run name → config) into ``out/<setting>/<run>``; write
+    ``stem``.csv (one row per run: setting, accuracy, interval, cost), ``stem``.md (rows:
+    runs, columns: settings, "acc ± ci95" in %) and an accuracy-vs-round plot per setting."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, files = [], []
+    for name, configs in grid.items():
+        paths = run_grid({f"{name}/{run_name}": c for run_name, c in configs.items()}, out,
+                         progress)
+        table = cost_table(paths)
+        for run_name, row in zip(configs, table):
+            row.update({"setting": name, row_key: run_name})
+        rows += table
+        files.append(out / f"{stem}_{name}_accuracy.png")
+        plot(load_runs(paths), [("accuracy", f"{name} test accuracy", False)], "rounds",
+             files[-1])
+    columns = list(dict.fromkeys([row_key, "setting", "method"])) + ["rounds", "final_accuracy", "accuracy_ci95",
+               "best_accuracy", "flops_ratio", "bytes_ratio", "gflops", "mb", "wall_seconds"]
+    files.append(write_csv(rows, columns, out / f"{stem}.csv"))
+    wide = {r[row_key]: {row_key: r[row_key]} for r in rows}
+    for r in rows:
+        wide[r[row_key]][r["setting"]] = accuracy_cell(r)
+    files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
+    return files
+
+
+def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
+           seed: int = 0, progress: bool = True, settings: list[str] | None = None,
+           config: Path | None = None) -> list[Path]:
+    """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
+    base = fewshot_base(data_dir, quick, seed, config)
+    grid = {s: {m: setting(base, s, method=m) for m in FEWSHOT_METHODS}
+            for s in settings or SETTINGS}
+    return fewshot_table(out, "table2", grid, "method", progress)
+
+
+def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
+           seed: int = 0, progress: bool = True, settings: list[str] | None = None,
+           config: Path | None = None) -> list[Path]:
+    """Table III: RABO and RAFBO as the number of clients grows (capacities spread evenly)."""
+    base = fewshot_base(data_dir, quick, seed, config)
+    grid = {s: {f"{m}-M{n}": setting(base, s, method=m, clients=n)
+                for m in ("rabo", "rafbo") for n in TABLE3_CLIENTS}
+            for s in settings or ("5w1s", "5w5s")}
+    return fewshot_table(out, "table3", grid, "run", progress)
+
+
+def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
+         seed: int = 0, progress: bool = True, settings: list[str] | None = None,
+         config: Path | None = None) -> list[Path]:
+    """Fig. 4: (a) computation and communication of RABO and RAFBO relative to FedMBO;
+    (b) accuracy against rounds with C_x = 1 versus C_x = 5 at half width for every client."""
+    base = fewshot_base(data_dir, quick, seed, config)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for s in settings or ("5w1s",):
+        paths = run_grid({f"{s}/{m}": setting(base, s, method=m)
+                          for m in ("fedmbo", "rabo", "rafbo")}, out, progress)
+        rows = [r | {"setting": s} for r in cost_table(paths)]
+        files.append(out / f"fig4_cost_{s}.png")
+        bars(rows, [("flops_ratio", "computation / FedMBO"),
+                    ("bytes_ratio", "communication / FedMBO")], files[-1])
+        files += write_table(rows, ["setting", "method", "flops_ratio", "bytes_ratio", "gflops",
+                                    "mb", "final_accuracy", "accuracy_ci95"],
+                             out, f"fig4_cost_{s}")
+        paths = run_grid({f"{s}/{name}": setting(base, s, method="rabo", capacities=[0.5],
+                                                 policy="segments",
+                                                 policy_options={"segments": segments})
+                          for name, segments in CX_SEGMENTS.items()}, out, progress)
+        rows = [r | {"setting": s, "cover": name, "channel_cover": channel_cover(segments)}
+                for r, (name, segments) in zip(cost_table(paths), CX_SEGMENTS.items())]
+        files.append(out / f"fig4_cover_{s}.png")
+        plot(load_runs(paths), [("accuracy", f"{s} test accuracy", False)], "rounds", files[-1])
+        files += write_table(rows, ["setting", "cover", "channel_cover", "min_cover_x",
+                                    "final_accuracy",
+                                    "accuracy_ci95", "best_accuracy"], out, f"fig4_cover_{s}")
+    return files
+
+
+def channel_cover(segments: list, channels: int = 64) -> int:
+    """The fewest clients whose segments keep a channel (of a layer of ``channels``)."""
+    count = torch.zeros(channels, dtype=torch.int64)
+    for client in segments:
+        count[segment_channels(channels, [tuple(seg) for seg in client])] += 1
+    return int(count.min())
+
+
+EXPERIMENTS = {"fig6": fig6, "table2": table2, "table3": table3, "fig4": fig4}

@@ -8,6 +8,7 @@ does not answer (None) counts as failed; an update with NaN or Inf is rejected.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,9 +134,18 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
     }
     metrics.update(problem.round_metrics(x, y))
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
-        metrics.update(problem.evaluate(x, y))
+        metrics.update(evaluate(problem, x, y, final=t + 1 == cfg.rounds))
     metrics["seconds"] = time.perf_counter() - start
     return metrics
+
+
+def evaluate(problem: Any, x: Params, y: Params, final: bool) -> dict[str, Any]:
+    """``problem.evaluate(x, y, final=...)`` (``final``: the run's last round, where a problem
+    may evaluate more, e.g. few-shot's ``final_episodes``); problems whose ``evaluate`` takes
+    only (x, y) are called so."""
+    if "final" in inspect.signature(problem.evaluate).parameters:
+        return problem.evaluate(x, y, final=final)
+    return problem.evaluate(x, y)
 
 
 def _mean(values: list[float]) -> float | None:

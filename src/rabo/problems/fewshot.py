@@ -9,7 +9,15 @@ Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabe
 train and test, rotations as new classes, training characters sharded over the clients) or
 ``synthetic`` (random images of the right shapes, for cost accounting; no accuracy).
 Evaluation: frozen global backbone, a head fitted on each test episode's support set, mean
-query accuracy with a 95 % interval; ``eval_episodes`` on evaluation rounds.
+query accuracy with a 95 % interval; ``eval_episodes`` on evaluation rounds, ``final_episodes``
+on the last.
+
+``head`` chooses what is learned (SPEC §5): ``linear`` (the bilevel problem above),
+``prototype`` (ProtoNet: no head, y empty; f = CE of the logits −‖φ(q) − c_k‖², c_k the mean
+support feature of class k; evaluated with prototypes) or ``meta`` (first-order MAML: the head
+is part of x, y empty; f = query CE at x' = x − α Σ_k ∇g(x_k), ``maml_steps`` support-loss
+steps whose gradients are constants, so ∇_x f is the FO-MAML gradient; evaluated by the same
+adaptation of head and backbone on each test episode's support set).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from ..submodel import ChannelPlan, Params
 
 BACKBONES = ("conv4", "resnet12")
 SOURCES = ("omniglot", "synthetic")
+HEADS = ("linear", "prototype", "meta")
 Task = dict[str, Tensor]
 
 
@@ -56,7 +65,7 @@ class FewShot(BilevelProblem):
         "ways": 5, "shots": 1, "tasks": 2, "backbone": "conv4", "lam": 0.2, "source": "omniglot",
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.5,
-        "cache_dir": ""}
+        "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:
@@ -65,6 +74,8 @@ class FewShot(BilevelProblem):
             raise UnknownNameError("backbone", opts["backbone"], BACKBONES)
         if opts["source"] not in SOURCES:
             raise UnknownNameError("episode source", opts["source"], SOURCES)
+        if opts["head"] not in HEADS:
+            raise UnknownNameError("fewshot head", opts["head"], HEADS)
         if opts["prune"] not in ("both", "none"):
             raise ConfigError(f"prune {opts['prune']!r} is not one of: both, none")
         for key in ("ways", "shots", "tasks"):
@@ -76,7 +87,9 @@ class FewShot(BilevelProblem):
         self.backbone = MODELS[opts["backbone"]]()
         bb_plan = self.backbone.channel_plan("backbone.")
         axis = self.backbone.feature_axis("backbone.")
-        plan = merge_plans(bb_plan, head_plan(axis, bb_plan.groups[axis.group], prefix="head."))
+        self.head = opts["head"]
+        plan = bb_plan if self.head == "prototype" else \
+            merge_plans(bb_plan, head_plan(axis, bb_plan.groups[axis.group], prefix="head."))
         self.plan = plan if opts["prune"] == "both" else ChannelPlan(plan.groups, {})
         self.ways = int(opts["ways"])
         if opts["source"] == "omniglot":
@@ -98,8 +111,10 @@ class FewShot(BilevelProblem):
     def init_params(self, seed: int) -> tuple[Params, Params]:
         x = fresh_params(self.backbone, seed, prefix="backbone.")
         d = self.backbone.out_features
-        y = {"head.weight": torch.zeros(self.ways, d), "head.bias": torch.zeros(self.ways)}
-        return x, y
+        head = {"head.weight": torch.zeros(self.ways, d), "head.bias": torch.zeros(self.ways)}
+        if self.head == "linear":
+            return x, head
+        return ({**x, **head} if self.head == "meta" else x), {}
 
     def inner_batch(self, task: Task) -> Task:
         return {**task, "query": task["query"][:0], "query_labels": task["query_labels"][:0]}
@@ -134,6 +149,16 @@ class FewShot(BilevelProblem):
             pred = self._logits(feats[1], head).argmax(-1)
         return float((pred == task["query_labels"]).float().mean())
 
+    def episode_accuracy(self, x: Params, y: Params, task: Task) -> float:
+        """Query accuracy on one test episode: a fitted linear head (``linear``), the
+        prototypes (``prototype``) or head and backbone adapted as in training (``meta``)."""
+        if self.head == "linear":
+            return self.fit_head(x, y, task)
+        x = self.adapt(x, task) if self.head == "meta" else x
+        with torch.no_grad():
+            logits = self._query_logits(self.features(x, task), x, task)
+        return float((logits.argmax(-1) == task["query_labels"]).float().mean())
+
     def evaluate_episodes(self, x: Params, y: Params, episodes: int,
                           seed: int = 0) -> dict[str, float]:
         """Mean query accuracy over ``episodes`` test episodes (test alphabets' classes) with a
@@ -142,19 +167,22 @@ class FewShot(BilevelProblem):
             return {}
         rng = np.random.default_rng([seed, 0xE7A1])
         bar = tqdm(range(episodes), desc="test episodes", leave=False, disable=None)
-        accs = np.array([self.fit_head(x, y, self._task(self.split.test_classes, rng))
+        accs = np.array([self.episode_accuracy(x, y, self._task(self.split.test_classes, rng))
                          for _ in bar])
         return {"accuracy": float(accs.mean()),
                 "accuracy_ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes))
                 if episodes > 1 else 0.0, "episodes": episodes}
 
-    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
-        return self.evaluate_episodes(x, y, int(self.opts["eval_episodes"]))
+    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, float]:
+        """``eval_episodes`` test episodes, or ``final_episodes`` on the run's last round."""
+        episodes = self.opts["final_episodes"] if final else self.opts["eval_episodes"]
+        return self.evaluate_episodes(x, y, int(episodes))
 
     # --- losses, split at the backbone features (computed once per hypergradient) ----------
     def _embed(self, x: Params, images: Tensor) -> Tensor:
         """φ_x(images): the backbone on one set (its own batch statistics), flattened."""
-        params = {n.removeprefix("backbone."): p for n, p in x.items()}
+        params = {n.removeprefix("backbone."): p for n, p in x.items()
+                  if n.startswith("backbone.")}
         if len(images) == 0:
             return images.new_zeros(0, self.backbone.out_features)
         return functional_call(self.backbone, params, (images,)).flatten(1)
@@ -163,22 +191,52 @@ class FewShot(BilevelProblem):
         """(φ_x(S), φ_x(Q)): the x-only part of both losses, computed once per hypergradient."""
         return self._embed(x, task["support"]), self._embed(x, task["query"])
 
-    def _logits(self, feats: Tensor, y: Params) -> Tensor:
-        return F.linear(feats, y["head.weight"], y["head.bias"])
+    def _logits(self, feats: Tensor, head: Params) -> Tensor:
+        return F.linear(feats, head["head.weight"], head["head.bias"])
+
+    def _query_logits(self, feats: tuple[Tensor | None, Tensor], head: Params,
+                      task: Task) -> Tensor:
+        """The query's logits: −‖φ(q) − c_k‖² to the prototypes c_k (mean support feature of
+        class k) for ``prototype``, the linear ``head`` (y, or x for ``meta``) otherwise."""
+        if self.head != "prototype":
+            return self._logits(feats[1], head)
+        labels = task["support_labels"]
+        protos = torch.stack([feats[0][labels == k].mean(0) for k in range(self.ways)])
+        return -((feats[1][:, None, :] - protos[None]) ** 2).sum(-1)
+
+    def adapt(self, x: Params, task: Task) -> Params:
+        """``meta``: x' = x − α Σ_k ∇_x CE_S(x_k), ``maml_steps`` steps on the support set with
+        the gradients detached (first-order MAML), so x' carries x's graph with ∂x'/∂x = I."""
+        shift = {n: torch.zeros_like(p) for n, p in x.items()}
+        for _ in range(int(self.opts["maml_steps"])):
+            xk = {n: (p - shift[n]).detach().requires_grad_(True) for n, p in x.items()}
+            with torch.enable_grad():
+                loss = F.cross_entropy(self._logits(self._embed(xk, task["support"]), xk),
+                                       task["support_labels"])
+                grads = torch.autograd.grad(loss, list(xk.values()))
+            shift = {n: shift[n] + float(self.opts["maml_lr"]) * g for n, g in zip(xk, grads)}
+        return {n: p - shift[n] for n, p in x.items()}
 
     def inner_loss_from(self, feats: tuple[Tensor, Tensor | None], y: Params, task: Task) -> Tensor:
+        if self.head != "linear":
+            raise ConfigError(f"fewshot with head={self.head!r} has no inner problem g "
+                              f"(y is empty); use the first-order estimator")
         l2 = sum((p * p).sum() for p in y.values())
         return F.cross_entropy(self._logits(feats[0], y), task["support_labels"]) \
             + 0.5 * float(self.opts["lam"]) * l2
 
     def outer_loss_from(self, feats: tuple[Tensor | None, Tensor], y: Params, task: Task) -> Tensor:
-        return F.cross_entropy(self._logits(feats[1], y), task["query_labels"])
+        return F.cross_entropy(self._query_logits(feats, y, task), task["query_labels"])
 
     def inner_loss(self, x: Params, y: Params, task: Task) -> Tensor:
         return self.inner_loss_from((self._embed(x, task["support"]), None), y, task)
 
     def outer_loss(self, x: Params, y: Params, task: Task) -> Tensor:
-        return self.outer_loss_from((None, self._embed(x, task["query"])), y, task)
+        if self.head == "meta":
+            x = self.adapt(x, task)
+            return self.outer_loss_from((None, self._embed(x, task["query"])), x, task)
+        support = self._embed(x, task["support"]) if self.head == "prototype" else None
+        return self.outer_loss_from((support, self._embed(x, task["query"])), y, task)
 
     def config(self) -> dict[str, Any]:
         return dict(self.opts)

@@ -1,0 +1,463 @@
+"""rabo on Flower (SPEC §2, §8): a ServerApp whose loop is rabo's own round driver
+(:func:`rabo.runtime.simulate.run` over :func:`rabo.rounds.run_round`) and a ClientApp that runs
+rabo's client step exactly as the simulator does; the messages carry NumPy arrays, never pickle.
+
+A SuperNode states which rabo clients it hosts in its node config (``client-ids="0,3,6"`` or
+``client-id=K``; optionally ``data-dir=...``). The ServerApp first asks every node (a
+``query.hello`` message), then sends each node, per phase, one ``train`` message with the jobs
+of the clients it hosts (with one client per node: one message per job). A SuperNode of Flower
+1.41 handles its messages one at a time, each in a fresh ``flwr-clientapp`` process, so one
+message per node keeps a phase at one process start per node. The run config carries
+``rabo-config`` (the resolved config as JSON), ``out-dir``, ``timeout`` (seconds a phase waits
+for replies) and ``resume``.
+
+:func:`run_local` starts a SuperLink and N SuperNodes on 127.0.0.1 and runs the app on them
+(``rabo flower local``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from ..accounting import FlopCache
+from ..config import RunConfig
+from ..errors import RaboError
+from ..experiment import Experiment, build
+from ..rounds import Job, Reply
+from ..submodel import Params
+from .simulate import LocalTransport, run
+
+POLL_SECONDS = 0.5
+
+
+class FlowerError(RaboError):
+    """The Flower deployment did not start or did not finish the run."""
+
+
+# --- the wire: named arrays <-> ArrayRecord (NumPy, no pickle) ---------------------------------
+def to_record(params: Params) -> ArrayRecord:
+    """Named tensors as an ArrayRecord of NumPy arrays."""
+    return ArrayRecord({n: Array(p.detach().cpu().numpy()) for n, p in params.items()})
+
+
+def from_record(record: ArrayRecord) -> Params:
+    """The inverse of :func:`to_record`; a non-NumPy array raises TypeError."""
+    return {n: torch.from_numpy(a.numpy()) for n, a in record.items()}
+
+
+def encode_jobs(phase: str, round: int, jobs: Sequence[Job]) -> RecordDict:
+    """A node's jobs of a phase as message content: per client K, its x̃, ỹ and index sets as
+    ArrayRecords ``K/x``, ``K/y``, ``K/index``; phase, round and client ids in ``jobs``."""
+    content = RecordDict({"jobs": ConfigRecord({"phase": phase, "round": round,
+                                                "clients": [job.client for job in jobs]})})
+    for job in jobs:
+        content[f"{job.client}/x"] = to_record(job.x)
+        content[f"{job.client}/y"] = to_record(job.y)
+        content[f"{job.client}/index"] = to_record(job.index)
+    return content
+
+
+def decode_jobs(content: RecordDict) -> tuple[str, int, list[Job]]:
+    """The inverse of :func:`encode_jobs`."""
+    head = content["jobs"]
+    return str(head["phase"]), int(head["round"]), [
+        Job(int(k), from_record(content[f"{k}/index"]), from_record(content[f"{k}/x"]),
+            from_record(content[f"{k}/y"])) for k in head["clients"]]
+
+
+def encode_replies(replies: dict[int, Reply]) -> RecordDict:
+    """Per client K: Δ as ArrayRecord ``K/delta``, its loss and FLOPs as MetricRecord
+    ``K/metrics``."""
+    content = RecordDict()
+    for client, reply in replies.items():
+        content[f"{client}/delta"] = to_record(reply.delta)
+        content[f"{client}/metrics"] = MetricRecord({"loss": reply.loss, "flops": reply.flops})
+    return content
+
+
+def decode_reply(content: RecordDict, phase: str, job: Job) -> Reply:
+    """Client ``job.client``'s reply; KeyError where it is missing, ValueError where its
+    tensors are not the job's submodel's (names and shapes of ỹ in the inner phase, of x̃ in
+    the outer)."""
+    delta = from_record(content[f"{job.client}/delta"])
+    expected = job.y if phase == "inner" else job.x
+    shapes = {n: tuple(p.shape) for n, p in delta.items()}
+    if shapes != {n: tuple(p.shape) for n, p in expected.items()}:
+        raise ValueError(f"tensor shapes {shapes}")
+    metrics = content[f"{job.client}/metrics"]
+    return Reply({n: delta[n] for n in expected}, float(metrics["loss"]), int(metrics["flops"]))
+
+
+# --- ClientApp ---------------------------------------------------------------------------------
+def hosted_clients(node_config: dict[str, Any]) -> list[int]:
+    """The rabo client ids a SuperNode hosts: ``client-ids="0,3,6"`` or ``client-id=K``."""
+    ids = node_config.get("client-ids", node_config.get("client-id", ""))
+    return [int(i) for i in str(ids).split(",") if i.strip()]
+
+
+@lru_cache(maxsize=1)
+def _experiment(config_json: str, data_dir: str | None) -> tuple[Experiment, FlopCache]:
+    """The run's experiment, built once per process, and the process's FLOP counts."""
+    config = RunConfig(**json.loads(config_json))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    exp = build(config)
+    if exp.config.threads is not None:
+        torch.set_num_threads(exp.config.threads)
+    return exp, FlopCache()
+
+
+client_app = ClientApp()
+
+
+@client_app.query("hello")
+def hello(message: Message, context: Context) -> Message:
+    """Tell the server which rabo clients this node hosts."""
+    ids = hosted_clients(context.node_config)
+    return Message(RecordDict({"node": ConfigRecord({"client-ids": ids})}), reply_to=message)
+
+
+@client_app.train()
+def train(message: Message, context: Context) -> Message:
+    """The client steps of one phase for the node's clients, through the simulator's own
+    transport (so the same steps and FLOP counts); a client not hosted here gets no reply."""
+    phase, round, jobs = decode_jobs(message.content)
+    hosted = set(hosted_clients(context.node_config))
+    for job in jobs:
+        if job.client not in hosted:
+            log(WARNING, "client %d is not hosted on this node", job.client)
+    jobs = [job for job in jobs if job.client in hosted]
+    data_dir = context.node_config.get("data-dir")
+    exp, flops = _experiment(str(context.run_config["rabo-config"]),
+                             None if data_dir is None else str(data_dir))
+    replies = LocalTransport(exp, flops)(phase, round, jobs)
+    return Message(encode_replies({job.client: reply for job, reply in zip(jobs, replies)
+                                   if reply is not None}), reply_to=message)
+
+
+# --- ServerApp ---------------------------------------------------------------------------------
+def discover(grid: Grid, clients: int, wait: float) -> dict[int, int]:
+    """Ask each connected node which rabo clients it hosts, until every one of ``clients`` has
+    a node or ``wait`` seconds pass; returns client id → node id (the first node claiming it)."""
+    deadline = time.monotonic() + wait
+    asked: set[int] = set()
+    pending: dict[str, int] = {}
+    hosts: dict[int, int] = {}
+    while len(hosts) < clients and time.monotonic() < deadline:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        asked.update(new)
+        if new:
+            ids = grid.push_messages([Message(RecordDict(), dst_node_id=n,
+                                              message_type=f"{MessageType.QUERY}.hello",
+                                              ttl=wait) for n in new])
+            pending.update({m: n for m, n in zip(ids, new) if m})
+        for reply in grid.pull_messages(list(pending)) if pending else []:
+            node = pending.pop(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                log(WARNING, "node %d did not say which clients it hosts: %s", node,
+                    reply.error.reason)
+                continue
+            for client in reply.content["node"]["client-ids"]:
+                if 0 <= int(client) < clients:
+                    hosts.setdefault(int(client), node)
+        if len(hosts) < clients:
+            time.sleep(POLL_SECONDS)
+    missing = sorted(set(range(clients)) - set(hosts))
+    log(INFO, "rabo: %d node(s) host %d of %d clients%s", len(set(hosts.values())), len(hosts),
+        clients, f"; no node hosts {missing}" if missing else "")
+    return hosts
+
+
+@dataclass
+class FlowerTransport:
+    """rabo's :class:`~rabo.rounds.Transport` over Flower: one ``train`` message per node and
+    phase, carrying the jobs of the clients it hosts; replies awaited up to ``timeout``
+    seconds. A client without a node, a node that errs or does not answer in time, and a reply
+    that is not the job's (missing, other tensor names or shapes) give None: the driver counts
+    that client as failed."""
+
+    grid: Grid
+    hosts: dict[int, int]
+    timeout: float
+
+    def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
+        replies: list[Reply | None] = [None] * len(jobs)
+        by_node: dict[int, list[int]] = {}
+        for k, job in enumerate(jobs):
+            if job.client in self.hosts:
+                by_node.setdefault(self.hosts[job.client], []).append(k)
+            else:
+                log(WARNING, "round %d %s: no node hosts client %d", round + 1, phase, job.client)
+        messages = [Message(encode_jobs(phase, round, [jobs[k] for k in ks]), dst_node_id=node,
+                            message_type=MessageType.TRAIN, group_id=str(round + 1),
+                            ttl=self.timeout) for node, ks in by_node.items()]
+        ids = self.grid.push_messages(messages) if messages else []
+        waiting = {m: ks for m, ks in zip(ids, by_node.values()) if m}
+        deadline = time.monotonic() + self.timeout
+        while waiting and time.monotonic() < deadline:
+            for message in self.grid.pull_messages(list(waiting)):
+                for k in waiting.pop(message.metadata.reply_to_message_id, []):
+                    replies[k] = self._reply(message, phase, round, jobs[k])
+            if waiting:
+                time.sleep(POLL_SECONDS)
+        for k in (k for ks in waiting.values() for k in ks):
+            log(WARNING, "round %d %s: client %d did not answer within %gs", round + 1, phase,
+                jobs[k].client, self.timeout)
+        return replies
+
+    @staticmethod
+    def _reply(message: Message, phase: str, round: int, job: Job) -> Reply | None:
+        if message.has_error():
+            log(WARNING, "round %d %s: client %d failed: %s", round + 1, phase, job.client,
+                message.error.reason)
+            return None
+        try:
+            return decode_reply(message.content, phase, job)
+        except (KeyError, TypeError, ValueError) as err:
+            log(WARNING, "round %d %s: reply of client %d rejected (%s: %s)", round + 1, phase,
+                job.client, type(err).__name__, err)
+            return None
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Build the experiment from the run config, learn which node hosts which client, and run
+    every round with the simulator's loop (same files, checkpoints and progress lines)."""
+    settings = context.run_config
+    exp = build(RunConfig(**json.loads(str(settings["rabo-config"]))))
+    timeout = float(settings.get("timeout", 600.0))
+    out = Path(str(settings["out-dir"])) if settings.get("out-dir") else None
+    transport = FlowerTransport(grid, discover(grid, exp.config.clients, timeout), timeout)
+    run(exp, out, progress=True, resume=bool(settings.get("resume", False)),
+        transport=transport)
+
+
+# --- rabo flower local: a SuperLink and N SuperNodes on 127.0.0.1 --------------------------------
+APP_TOML = """\
+[project]
+name = "rabo-flower"
+version = "1.0.0"
+description = "rabo's ServerApp and ClientApp (generated by rabo flower local)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "rabo"
+
+[tool.flwr.app.components]
+serverapp = "rabo.runtime.flower:server_app"
+clientapp = "rabo.runtime.flower:client_app"
+
+[tool.flwr.app.config]
+rabo-config = {config}
+out-dir = {out}
+timeout = {timeout}
+resume = {resume}
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float, log_file: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FlowerError(f"the SuperLink exited with code {proc.returncode}; see {log_file}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FlowerError(f"the SuperLink did not listen on 127.0.0.1:{port} within {seconds:g}s")
+
+
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """pid → (parent pid, process group, start time) of every process (Linux /proc; else {})."""
+    table: dict[int, tuple[int, int, int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def descendants(pid: int, groups: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of ``pid``, and of every member of the
+    process ``groups`` (a process whose parent died stays in its group)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found = {p for p, (_, group, _) in table.items() if group in groups and p != pid}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.add(child)
+        todo.extend(children.get(child, []))
+    return sorted((p, table[p][2]) for p in found)
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether process ``pid`` started at ``start`` still runs (a zombie does not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[19]) == start
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """Stop the processes we started (each leads a session and process group of its own) and
+    whatever they started, by pid: SIGTERM, then SIGKILL after ``grace`` seconds. Flower's
+    SuperExec and app processes are found as descendants or members of those groups."""
+    groups = [p.pid for p in procs]
+    tree = {d for p in procs for d in descendants(p.pid, groups)}
+    groups += [pid for pid, _ in tree]  # session leaders among them (SuperExec) lead groups too
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    tree.update(descendants(procs[0].pid, groups) if procs else [])  # started meanwhile
+    left = [d for d in tree if alive(*d)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, start in left:
+            if alive(pid, start):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + grace
+        while any(alive(*d) for d in left) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.0,
+              resume: bool = False, quiet: bool = False) -> None:
+    """Run ``exp`` on Flower on this machine: a SuperLink and ``supernodes`` SuperNodes on
+    127.0.0.1 (node k hosts clients k, k+N, k+2N, …), the app submitted with ``flwr run``, its
+    log streamed here; the ServerApp writes ``out`` as ``rabo run`` does. Every process started
+    here is stopped on return, failure, Ctrl-C or SIGTERM; where the run fails, the logs of
+    every process stay in the temporary folder the error names."""
+    if supernodes < 1:
+        raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer ≥ 1")
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="rabo-flower-"))
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, FLWR_HOME=str(work / "home"), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_UPDATE_CHECK="1", FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
+               PYTHONUNBUFFERED="1", PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    link_port, *node_ports = _free_ports(1 + supernodes)
+    (work / "home").mkdir()
+    (work / "home" / "config.toml").write_text(
+        '[superlink]\ndefault = "rabo-local"\n\n[superlink.rabo-local]\n'
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    (work / "app").mkdir()
+    (work / "app" / "pyproject.toml").write_text(APP_TOML.format(
+        config=json.dumps(json.dumps(exp.config.to_dict())),
+        out=json.dumps(str(out.resolve())), timeout=float(timeout),
+        resume="true" if resume else "false"))
+    procs: list[subprocess.Popen] = []
+    keep_logs = False
+    on_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+        on_term = signal.signal(signal.SIGTERM, _interrupt)
+
+    def start(name: str, command: list[str]) -> subprocess.Popen:
+        log_file = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen(command, env=env, stdout=log_file,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True))
+        log_file.close()
+        return procs[-1]
+
+    try:
+        link = start("superlink", [f"{bin_dir}/flower-superlink", "--insecure",
+                                   "--disable-runtime-dependency-installation",
+                                   "--host", "127.0.0.1", "--port", str(link_port)])
+        _wait_for_port(link_port, link, 60.0, work / "superlink.log")
+        for k, port in enumerate(node_ports):
+            ids = ",".join(str(i) for i in range(k, exp.config.clients, supernodes))
+            start(f"supernode-{k}", [f"{bin_dir}/flower-supernode", "--insecure",
+                                     "--superlink", f"127.0.0.1:{link_port}",
+                                     "--host", "127.0.0.1", "--port", str(port),
+                                     "--node-config", f'client-ids="{ids}"'])
+        flwr = subprocess.Popen([f"{bin_dir}/flwr", "run", str(work / "app"), "--stream"],
+                                env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(flwr)
+        with open(work / "flwr-run.log", "wb") as log_file:  # the run's log, shown unless quiet
+            for line in flwr.stdout or []:
+                log_file.write(line)
+                if not quiet:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+        if flwr.wait() != 0:
+            raise FlowerError(f"'flwr run' exited with code {flwr.returncode}; logs in {work}")
+        final = out / "final.safetensors"
+        if not final.exists() or final.stat().st_mtime < started:
+            raise FlowerError(f"the Flower run ended without finishing {str(out)!r}; "
+                              f"logs in {work}")
+    except FlowerError:
+        keep_logs = True
+        raise
+    finally:
+        stop_processes(procs)
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+        if not keep_logs:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""ProtoNet and first-order MAML as few-shot problem heads (SPEC §5 `protonet`, `maml`)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from rabo.config import RunConfig
+from rabo.cost import measure
+from rabo.errors import ConfigError
+from rabo.experiment import build
+from rabo.hypergrad import hypergradient
+from rabo.problems.fewshot import FewShot, synthetic_task
+from rabo.runtime.simulate import run
+
+
+def synthetic(**options):
+    return FewShot(clients=2, source="synthetic", **options)
+
+
+def test_prototype_logits_are_negative_squared_distances_to_class_means():
+    problem = synthetic(head="prototype", ways=2, shots=2)
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 4.0]])  # c = (1,0), (0,3)
+    query = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    task = {"support_labels": torch.tensor([0, 0, 1, 1]), "query_labels": torch.tensor([0, 1])}
+    # query 0: distances² 1 and 5; query 1: 10 and 0
+    expected = (math.log1p(math.exp(-4.0)) + math.log1p(math.exp(-10.0))) / 2
+    loss = problem.outer_loss_from((support, query), {}, task)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)  # float32
+
+
+def test_protonet_has_no_head_and_is_evaluated_with_prototypes(monkeypatch):
+    problem = synthetic(head="prototype", ways=3, shots=1)
+    x, y = problem.init_params(0)
+    assert y == {} and not any(n.startswith("head.") for n in x)
+    task = synthetic_task(np.random.default_rng(0), 3, 1, 19, 28)
+    task = {**task, "query": task["support"], "query_labels": task["support_labels"]}
+    monkeypatch.setattr(problem, "fit_head", lambda *a: pytest.fail("fitted a head"))
+    assert problem.episode_accuracy(x, y, task) == 1.0  # each query is its class's prototype
+
+
+def test_first_order_gradient_of_the_meta_head_is_the_fomaml_update():
+    torch.manual_seed(0)
+    problem = synthetic(head="meta", ways=2, shots=1, maml_steps=2, maml_lr=0.3)
+    x, y = problem.init_params(0)
+    assert y == {} and {"head.weight", "head.bias"} <= set(x)
+    x["head.weight"] = 0.1 * torch.randn_like(x["head.weight"])
+    task = synthetic_task(np.random.default_rng(1), 2, 1, 3, 28)
+
+    def loss(params, images, labels):  # by hand: Conv-4 then the linear head
+        feats = functional_call(problem.backbone, {n.removeprefix("backbone."): p for n, p in
+                                                   params.items() if n.startswith("backbone.")},
+                                (images,)).flatten(1)
+        return F.cross_entropy(F.linear(feats, params["head.weight"], params["head.bias"]), labels)
+
+    adapted = {n: p.clone().requires_grad_(True) for n, p in x.items()}
+    for _ in range(2):
+        grads = torch.autograd.grad(loss(adapted, task["support"], task["support_labels"]),
+                                    list(adapted.values()))
+        adapted = {n: (p - 0.3 * g).detach().requires_grad_(True)
+                   for (n, p), g in zip(adapted.items(), grads)}
+    expected = torch.autograd.grad(loss(adapted, task["query"], task["query_labels"]),
+                                   list(adapted.values()))
+    h = hypergradient(problem, x, y, task, "first-order")
+    for name, e in zip(adapted, expected):
+        torch.testing.assert_close(h[name], e, rtol=1e-4, atol=1e-6)
+    assert float(h["head.weight"].abs().sum()) > 0 and float(h["backbone.blocks.0.conv.weight"]
+                                                            .abs().sum()) > 0
+
+
+@pytest.mark.parametrize("method", ["protonet", "maml"])
+def test_one_round_trains_x_only_with_fedavg(method):
+    config = RunConfig(problem="fewshot", method=method, rounds=1, clients=2, capacities=[1.0],
+                       problem_options={"source": "synthetic", "tasks": 1})
+    exp = build(config)
+    x0, _ = exp.problem.init_params(0)
+    state = run(exp, progress=False)
+    (metrics,) = state.history
+    assert state.y == {} and metrics["inner_loss"] is None and metrics["flops_inner"] == 0
+    assert metrics["cover_x"] == 2 and metrics["outer_loss"] > 0
+    name = "backbone.blocks.3.conv.weight"
+    assert float((state.x[name] - x0[name]).abs().max()) > 0
+
+
+def test_last_round_evaluates_final_episodes(monkeypatch):
+    seen = []
+    monkeypatch.setattr(FewShot, "evaluate_episodes",
+                        lambda self, x, y, episodes: seen.append(episodes) or {})
+    config = RunConfig(problem="fewshot", method="protonet", rounds=2, eval_every=1, clients=2,
+                       capacities=[1.0], problem_options={"source": "synthetic", "tasks": 1,
+                                                          "eval_episodes": 7,
+                                                          "final_episodes": 11})
+    run(build(config), progress=False)
+    assert seen == [7, 11]
+
+
+@pytest.mark.parametrize("method", ["protonet", "maml"])
+def test_fewshot_only_methods_name_the_problem(method):
+    with pytest.raises(ConfigError, match=f"method '{method}' runs only on problem fewshot, "
+                                          f"not 'quadratic'"):
+        build(RunConfig(problem="quadratic", method=method))
+
+
+def test_head_options_that_contradict_the_method_or_estimator_are_config_errors():
+    base = RunConfig(problem="fewshot", problem_options={"source": "synthetic"})
+    with pytest.raises(ConfigError, match="problem.head='linear' contradicts method 'protonet'"):
+        build(RunConfig(problem="fewshot", method="protonet",
+                        problem_options={"source": "synthetic", "head": "linear"}))
+    with pytest.raises(ConfigError, match="estimator 'neumann' needs an inner variable y"):
+        build(RunConfig(**{**base.to_dict(), "method": "rabo",
+                           "problem_options": {"source": "synthetic", "head": "prototype"}}))
+
+
+def test_cost_report_lists_only_methods_defined_on_the_problem():
+    methods = [r["method"] for r in measure(RunConfig(problem="quadratic", clients=5))]
+    assert "rabo" in methods and "protonet" not in methods and "maml" not in methods

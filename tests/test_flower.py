@@ -1,0 +1,261 @@
+"""rabo on Flower gives the simulator's numbers (SPEC §8: same config and seed, identical
+metrics and parameters): the app's messages through an in-process loopback grid, node faults,
+and a real SuperLink with three SuperNodes on 127.0.0.1 (`rabo flower local`, slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
+
+from rabo.config import RunConfig
+from rabo.experiment import build
+from rabo.rounds import Job, RunState, run_round
+from rabo.runtime import flower
+from rabo.runtime.simulate import run
+
+TOL = 1e-6
+
+
+class LoopbackGrid:
+    """A Flower Grid whose nodes are the ClientApp called in this process: node k hosts the
+    clients of ``hosts[k]``; ``tamper(node, reply)`` may change a reply or drop it (None)."""
+
+    def __init__(self, config: dict, hosts: dict[int, str], tamper=None):
+        self.config, self.hosts, self.tamper = config, hosts, tamper
+        self.replies: dict[str, Message] = {}
+        self.sent: list[tuple[int, str]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.hosts)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            node = message.metadata.dst_node_id
+            self.sent.append((node, message.metadata.message_type))
+            context = Context(run_id=1, node_id=node,
+                              node_config={"client-ids": self.hosts[node]}, state=RecordDict(),
+                              run_config={"rabo-config": json.dumps(self.config)})
+            try:
+                reply = flower.client_app(message, context)
+            except Exception as err:  # noqa: BLE001 (flwr-clientapp replies so to a raising app)
+                reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
+            if self.tamper is not None and message.metadata.message_type == "train":
+                reply = self.tamper(node, reply)
+            if reply is not None:
+                self.replies[message.object_id] = reply
+            ids.append(message.object_id)
+        return ids
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in ids if i in self.replies]
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower creates messages for the task of this process; outside Flower there is none."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def assert_same_run(sim: Path, other: Path) -> None:
+    """Equal final parameters and metrics (all but wall-clock seconds) up to TOL."""
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (sim, other)]
+    assert len(rows[0]) == len(rows[1]) > 0
+    for a, b in zip(*rows):
+        assert set(a) == set(b)
+        for key in a.keys() - {"seconds"}:
+            if isinstance(a[key], float) and isinstance(b[key], float):
+                assert math.isclose(a[key], b[key], rel_tol=0, abs_tol=TOL), (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a[key], b[key])
+    final = [load_file(str(d / "final.safetensors")) for d in (sim, other)]
+    assert final[0].keys() == final[1].keys()
+    for name in final[0]:
+        assert torch.allclose(final[0][name], final[1][name], rtol=0, atol=TOL), name
+    assert json.loads((sim / "config.json").read_text()) == \
+        json.loads((other / "config.json").read_text())
+
+
+def test_wire_keeps_names_dtypes_and_values():
+    job = Job(3, {"g": torch.tensor([0, 2, 5])},
+              {"w": torch.randn(3, 2, dtype=torch.float64)}, {"b": torch.randn(4), "e": torch.ones(0)})
+    phase, round, [back] = flower.decode_jobs(flower.encode_jobs("outer", 7, [job]))
+    assert (phase, round, back.client) == ("outer", 7, 3)
+    for got, want in ((back.index, job.index), (back.x, job.x), (back.y, job.y)):
+        assert list(got) == list(want)
+        for name in want:
+            assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name])
+
+
+def test_hosted_clients_from_node_config():
+    assert flower.hosted_clients({"client-ids": "0,3,6"}) == [0, 3, 6]
+    assert flower.hosted_clients({"client-id": 4}) == [4]
+    assert flower.hosted_clients({}) == []
+
+
+def test_flower_app_in_process_matches_simulator(tmp_path, task_identity):
+    exp = build(RunConfig(problem="quadratic", rounds=2, clients=10))
+    config = exp.config.to_dict()
+    run(exp, tmp_path / "sim", progress=False)
+    grid = LoopbackGrid(config, {11: "0,3,6,9", 12: "1,4,7", 13: "2,5,8"})
+    hosts = flower.discover(grid, 10, wait=5.0)
+    assert hosts == {c: 11 + c % 3 for c in range(10)}
+    run(build(RunConfig(**config)), tmp_path / "flower", progress=False,
+        transport=flower.FlowerTransport(grid, hosts, timeout=5.0))
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+    # one message per node and phase: 3 hellos, then 2 rounds × 2 phases × 3 nodes
+    assert [t for _, t in grid.sent].count("train") == 12
+
+
+def test_silent_erring_and_malformed_nodes_fail_their_clients(task_identity):
+    exp = build(RunConfig(problem="quadratic", rounds=1, clients=10))
+
+    def tamper(node: int, reply: Message) -> Message | None:
+        if node == 12:
+            return None                                   # never answers
+        if node == 13:                                    # Δ of the wrong shape
+            reply.content["2/delta"] = flower.to_record({"y": torch.zeros(1)})
+        return reply
+
+    grid = LoopbackGrid(exp.config.to_dict(), {11: "0,1", 12: "3,4", 13: "2", 14: "5,6"},
+                        tamper)
+    hosts = flower.discover(grid, 10, wait=0.5)
+    assert sorted(hosts) == [0, 1, 2, 3, 4, 5, 6]       # nobody hosts 7, 8, 9
+    transport = flower.FlowerTransport(grid, hosts, timeout=0.3)
+    state = RunState(*exp.problem.init_params(exp.config.seed))
+    metrics = run_round(exp, state, transport)
+    assert metrics["failed"] == [2, 3, 4, 7, 8, 9]
+    assert metrics["clients"] == [0, 1, 5, 6]
+    assert metrics["inner_loss"] is not None and metrics["outer_loss"] is not None
+
+
+def test_a_node_whose_app_raises_fails_its_clients(task_identity):
+    exp = build(RunConfig(problem="quadratic", rounds=1, clients=4, capacities=[1.0, 0.5]))
+    grid = LoopbackGrid(exp.config.to_dict(), {11: "0,1", 12: "2,3"})
+    hosts = flower.discover(grid, 4, wait=0.5)
+    hosts[2] = 11                                         # node 11 refuses client 2's job,
+    grid.hosts[12] = "not-a-number"                       # node 12's app raises
+    metrics = run_round(exp, RunState(*exp.problem.init_params(0)),
+                        flower.FlowerTransport(grid, hosts, timeout=0.3))
+    assert metrics["failed"] == [2, 3] and metrics["clients"] == [0, 1]
+
+
+# --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
+class ProcessWatch:
+    """Records every descendant of a process (pid, start time → parent pid, command line)
+    while it runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.done = pid, threading.Event()
+        self.seen: dict[tuple[int, int], tuple[int, list[str]]] = {}
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.done.is_set():
+            for pid, start in flower.descendants(self.pid):
+                try:  # read again each time: between fork and exec it is the parent's
+                    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except (OSError, ValueError):
+                    continue
+                if cmd or (pid, start) not in self.seen:
+                    self.seen[(pid, start)] = ppid, cmd.split("\0")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def count(self, program: str) -> int:
+        """Processes seen running ``program`` (a console script: argv[0] or, run by its
+        interpreter, argv[1]), not counting a fork of one that had not yet called exec."""
+        def runs(cmd: list[str]) -> bool:
+            return any(Path(arg).name == program for arg in cmd[:2])
+
+        cmds = {pid: cmd for (pid, _), (_, cmd) in self.seen.items()}
+        return sum(runs(cmd) and not runs(cmds.get(ppid, []))
+                   for ppid, cmd in self.seen.values())
+
+    def alive(self) -> dict[tuple[int, int], list[str]]:
+        return {d: cmd for d, (_, cmd) in self.seen.items() if flower.alive(*d)}
+
+
+def rabo(*args: str, timeout: float) -> tuple[int, str, ProcessWatch]:
+    """Run the rabo command in a child process, watching what it starts; SIGTERM on timeout."""
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    watch = ProcessWatch(proc.pid)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        out += f"\n[killed after {timeout}s]"
+    finally:
+        watch.stop()
+    return proc.returncode, out, watch
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+@pytest.mark.parametrize("problem", ["quadratic", "losstuning"])
+def test_flower_local_matches_simulator(problem, tmp_path):
+    common = [problem, "--method", "rabo", "--rounds", "2", "--clients", "10", "--seed", "0"]
+    code, log, _ = rabo("run", *common, "--out", str(tmp_path / "sim"), "--quiet", timeout=300)
+    assert code == 0, log
+    start = time.monotonic()
+    code, log, watch = rabo("flower", "local", "--supernodes", "3", *common,
+                            "--out", str(tmp_path / "flower"), "--timeout", "120", timeout=480)
+    print(f"rabo flower local on {problem}: {time.monotonic() - start:.0f}s")
+    assert code == 0, log
+    assert watch.count("flower-superlink") == 1 and watch.count("flower-supernode") == 3, \
+        sorted(watch.seen.values())
+    assert watch.count("flwr-clientapp") >= 3 * 4       # a message per node and phase
+    assert watch.alive() == {}, watch.alive()
+    assert "rabo: 3 node(s) host 10 of 10 clients" in log, log
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_local_stops_every_process_when_interrupted(tmp_path):
+    out = tmp_path / "flower"
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local", "quadratic",
+                             "--rounds", "100", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = ProcessWatch(proc.pid)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)                  # like Ctrl-C: clean up, exit 130
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        watch.stop()
+    assert proc.returncode == 130, log
+    assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
+        sorted(watch.seen.values())
+    assert watch.alive() == {}, watch.alive()
