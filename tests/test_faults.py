@@ -54,7 +54,8 @@ def test_a_client_update_with_nan_is_rejected_and_logged(monkeypatch):
         return delta, m
 
     monkeypatch.setattr(client_module, "inner_phase", poisoned)
-    exp = build(RunConfig(problem="quadratic", method="rabo", rounds=2, capacities=[1.0]))
+    exp = build(RunConfig(problem="quadratic", method="rabo", rounds=2, capacities=[1.0],
+                          batch_clients=False))
     state = run(exp, None, progress=False)
     assert [m["rejected"] for m in state.history] == [[3], [3]]
     assert all(torch.isfinite(p).all() for p in state.y.values())

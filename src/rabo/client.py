@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_map_only
 
 from .hypergrad import estimate
 from .problem import Batch, BilevelProblem
@@ -26,7 +27,8 @@ class ClientSettings:
     """What a client needs for its two phases: K, η_y, T, η_x, the estimator and its options,
     and (episodic problems) the per-task head adaptation steps before the hypergradient.
 
-    ``estimator=None`` means x is not tuned (FedAvg): the outer phase is skipped.
+    ``estimator=None`` means x is not tuned (FedAvg): the outer phase is skipped. ``device``:
+    where the client computes (its submodel and data are moved there, Δ comes back to the CPU).
     """
 
     inner_steps: int
@@ -36,6 +38,7 @@ class ClientSettings:
     estimator: str | None
     estimator_options: dict[str, Any] = field(default_factory=dict)
     adapt_steps: int = 0
+    device: str = "cpu"
 
 
 def client_rng(seed: int, round: int, client: int, phase: str) -> np.random.Generator:
@@ -55,7 +58,7 @@ def inner_objective(problem: BilevelProblem, x: Params, batch: Batch) -> Callabl
 
 
 def descend(problem: BilevelProblem, x: Params, y: Params, batches: Sequence[Batch],
-            lr: float) -> tuple[Params, list[float]]:
+            lr: float) -> tuple[Params, list[Tensor]]:
     """One gradient step on y per batch: ỹ^{k+1} = ỹ^k − η ∇_y g(x̃, ỹ^k; ξ_k) (eq 5). An empty
     y (ProtoNet, MAML: everything learned is x) has nothing to descend: a no-op."""
     y = {n: p.detach() for n, p in y.items()}
@@ -67,49 +70,58 @@ def descend(problem: BilevelProblem, x: Params, y: Params, batches: Sequence[Bat
             objective, last = inner_objective(problem, x, batch), batch
         leaves = {n: p.requires_grad_(True) for n, p in ((n, p.clone()) for n, p in y.items())}
         loss = objective(leaves)
-        grads = torch.autograd.grad(loss, list(leaves.values()))
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         y = {n: (p - lr * g).detach() for (n, p), g in zip(leaves.items(), grads)}
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
     return y, losses
 
 
-def inner_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
-                client: int, round: int, settings: ClientSettings,
-                seed: int) -> tuple[Params, dict[str, float]]:
-    """K local steps on ỹ (eq 5); returns Δ^y = ỹ^0 − ỹ^K and the mean inner loss.
+def phase_data(problem: BilevelProblem, phase: str, index: SubmodelIndex, client: int,
+               round: int, settings: ClientSettings, seed: int) -> list[Any]:
+    """The client's data for one phase as its submodel sees them, drawn from its own sampler:
+    the inner phase's K minibatches (episodic: its meta-batch of tasks), the outer phase's T
+    minibatches (episodic: T meta-batches)."""
+    rng = client_rng(seed, round, client, phase)
+    if phase == "inner" and problem.episodic:
+        data = problem.restrict(problem.sample(client, "inner", rng), index)
+    else:
+        count = settings.inner_steps if phase == "inner" else settings.outer_steps
+        data = [problem.restrict(problem.sample(client, phase, rng), index) for _ in range(count)]
+    return to_device(data, settings.device)
 
-    Episodic problems: every task of the client's meta-batch adapts K steps from ỹ_i on its
-    own support set, and Δ^y is the mean over tasks."""
-    rng = client_rng(seed, round, client, "inner")
+
+def to_device(tree: Any, device: str) -> Any:
+    """Every tensor of a pytree (params, batches) on ``device``; a no-op where it is already."""
+    return tree_map_only(Tensor, lambda t: t.to(device), tree)
+
+
+def inner_update(problem: BilevelProblem, x: Params, y: Params, data: list[Any],
+                 settings: ClientSettings) -> tuple[Params, Tensor]:
+    """K local steps on ỹ (eq 5) over ``data``; returns Δ^y = ỹ^0 − ỹ^K and the mean inner loss.
+
+    Episodic problems: every task of the meta-batch adapts K steps from ỹ_i on its own support
+    set, and Δ^y is the mean over tasks."""
     x = {n: p.detach() for n, p in x.items()}
     y0 = {n: p.detach() for n, p in y.items()}
     K = settings.inner_steps
-    if problem.episodic:
-        tasks = problem.restrict(problem.sample(client, "inner", rng), index)
-        runs = [descend(problem, x, y0, [task] * K, settings.inner_lr) for task in tasks]
-    else:
-        batches = [problem.restrict(problem.sample(client, "inner", rng), index) for _ in range(K)]
-        runs = [descend(problem, x, y0, batches, settings.inner_lr)]
+    runs = [descend(problem, x, y0, [task] * K, settings.inner_lr) for task in data] \
+        if problem.episodic else [descend(problem, x, y0, data, settings.inner_lr)]
     delta = {n: y0[n] - torch.stack([yk[n] for yk, _ in runs]).mean(0) for n in y0}
-    losses = [l for _, ls in runs for l in ls]
-    return delta, {"inner_loss": float(np.mean(losses)) if losses else float("nan")}
+    return delta, _mean([v for _, values in runs for v in values])
 
 
-def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
-                client: int, round: int, settings: ClientSettings,
-                seed: int) -> tuple[Params, dict[str, float]]:
-    """T local outer steps x̃ ← x̃ − η_x ĥ_i at ỹ^{t+1} (eq 7); returns Δ^x = x̃^0 − x̃^T and the
-    mean outer loss f_i where ĥ was taken. Episodic: each task first adapts its head
-    ``adapt_steps`` steps from ỹ^{t+1} on its support set, and ĥ_i is the mean over tasks."""
-    rng = client_rng(seed, round, client, "outer")
+def outer_update(problem: BilevelProblem, x: Params, y: Params, data: list[Any], round: int,
+                 settings: ClientSettings) -> tuple[Params, Tensor]:
+    """T local outer steps x̃ ← x̃ − η_x ĥ_i at ỹ^{t+1} (eq 7), one per minibatch of ``data``;
+    returns Δ^x = x̃^0 − x̃^T and the mean outer loss f_i where ĥ was taken. Episodic: each task
+    first adapts its head ``adapt_steps`` steps from ỹ^{t+1} on its support set, and ĥ_i is the
+    mean over tasks."""
     x0 = {n: p.detach() for n, p in x.items()}
     y = {n: p.detach() for n, p in y.items()}
     xk, losses = dict(x0), []
-    for _ in range(settings.outer_steps):
-        batch = problem.restrict(problem.sample(client, "outer", rng), index)
-        tasks = batch if problem.episodic else [batch]
+    for batch in data:
         grads = []
-        for task in tasks:
+        for task in (batch if problem.episodic else [batch]):
             yt = descend(problem, xk, y, [task] * settings.adapt_steps, settings.inner_lr)[0] \
                 if problem.episodic else y
             h, f = estimate(problem, xk, yt, task, settings.estimator, t=round,
@@ -118,5 +130,40 @@ def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIn
             losses.append(f)
         xk = {n: p - settings.outer_lr * torch.stack([g[n] for g in grads]).mean(0)
               for n, p in xk.items()}
-    delta = {n: x0[n] - xk[n] for n in x0}
-    return delta, {"outer_loss": float(np.mean(losses)) if losses else float("nan")}
+    return {n: x0[n] - xk[n] for n in x0}, _mean(losses)
+
+
+def client_step(problem: BilevelProblem, phase: str, x: Params, y: Params, data: list[Any],
+                round: int, settings: ClientSettings) -> tuple[Params, Tensor]:
+    """The phase's update on already drawn data, on the settings' device: (Δ on the CPU, mean
+    loss)."""
+    x, y = to_device(x, settings.device), to_device(y, settings.device)
+    delta, loss = inner_update(problem, x, y, data, settings) if phase == "inner" \
+        else outer_update(problem, x, y, data, round, settings)
+    return to_device(delta, "cpu"), loss.cpu()
+
+
+def inner_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
+                client: int, round: int, settings: ClientSettings,
+                seed: int) -> tuple[Params, dict[str, float]]:
+    """Step 3 of Algorithm 1 for one client: its data, then :func:`inner_update`."""
+    data = phase_data(problem, "inner", index, client, round, settings, seed)
+    delta, loss = client_step(problem, "inner", x, y, data, round, settings)
+    return delta, {"inner_loss": float(loss)}
+
+
+def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
+                client: int, round: int, settings: ClientSettings,
+                seed: int) -> tuple[Params, dict[str, float]]:
+    """Step 6 of Algorithm 1 for one client: its data, then :func:`outer_update`."""
+    data = phase_data(problem, "outer", index, client, round, settings, seed)
+    delta, loss = client_step(problem, "outer", x, y, data, round, settings)
+    return delta, {"outer_loss": float(loss)}
+
+
+def _mean(values: list[float | Tensor]) -> Tensor:
+    """The mean of per-step losses (scalars, or per-client vectors of a stacked problem); NaN
+    where there were none."""
+    if not values:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).mean(0)

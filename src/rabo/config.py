@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .capacity import check_capacities
 from .errors import ConfigError, UnknownNameError
 from .methods import get_method
@@ -51,6 +53,8 @@ class RunConfig:
     adapt_steps: int | None = None
     data_dir: str | None = None
     threads: int | None = None
+    device: str = "cpu"
+    batch_clients: bool = True
     problem_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
 
@@ -64,10 +68,26 @@ FIELD_TYPES: dict[str, type] = {
     "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
     "mu": float, "coords": int, "perturb": str, "eval_every": int, "adapt_steps": int,
     "checkpoint_every": int, "participation": float, "fail_prob": float,
-    "data_dir": str, "threads": int,
+    "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
 }
 RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
                     "step", "mu", "eval_every", "adapt_steps")
+
+
+def check_device(device: str) -> None:
+    """``cpu`` or an available ``cuda``/``cuda:N``, else a one-line error naming both."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not allowed; expected cpu, cuda or cuda:N") \
+            from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not allowed; expected cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} is not available here (no CUDA GPU); use cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
 
 
 def parse_value(key: str, text: Any, kind: type) -> Any:
@@ -190,6 +210,7 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         _positive("threads", out.threads, integer=True)
     if out.coords is not None:
         _positive("coords", out.coords, integer=True)
+    check_device(out.device)
     if out.seed < 0:
         raise ConfigError(f"seed={out.seed!r} is not allowed; seed must be an integer ≥ 0")
     out.capacities = check_capacities(out.capacities)

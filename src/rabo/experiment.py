@@ -62,5 +62,5 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
                "perturb": cfg.perturb}
     settings = ClientSettings(cfg.inner_steps, cfg.inner_lr,
                               cfg.outer_steps if cfg.estimator else 0, cfg.outer_lr,
-                              cfg.estimator, options, cfg.adapt_steps)
+                              cfg.estimator, options, cfg.adapt_steps, cfg.device)
     return Experiment(cfg, problem, policy, schedule, settings)

@@ -35,12 +35,16 @@ class BilevelProblem:
     A subclass sets ``plan`` (a :class:`ChannelPlan` over the names of x and y, restricted to the
     pruned ones), ``num_clients``, and implements ``init_params``, ``sample``, the two losses and
     ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, …).
+    ``stackable``: the losses (and ``features``, ``inner_batch``) run under ``torch.func.vmap``
+    over stacked parameters and batches, so same-shape clients can run as one
+    (:mod:`rabo.stacked`); a batch is then a pytree of tensors only.
     """
 
     name: str = "problem"
     plan: ChannelPlan
     num_clients: int
     episodic: bool = False
+    stackable: bool = False
     defaults: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Any]] = {}
 

@@ -59,8 +59,11 @@ def leaves(params: Params, requires_grad: bool = False) -> Params:
 def flat_grad(output: Tensor, wrt: Iterable[Tensor], grad_output: Tensor | None = None,
               **kwargs) -> Tensor:
     """The vector-Jacobian product grad_outputᵀ ∂output/∂wrt, flat; zeros where output does
-    not depend on wrt (e.g. f independent of x)."""
+    not depend on wrt (e.g. f independent of x). A vector ``output`` (the per-client losses of a
+    stacked problem, whose parameters are disjoint) is differentiated as its sum."""
     wrt = list(wrt)
+    if output.dim() > 0 and grad_output is None:
+        output = output.sum()
     if not output.requires_grad:
         return _cat(torch.zeros_like(p) for p in wrt)
     return _cat(torch.autograd.grad(output, wrt, grad_output, materialize_grads=True, **kwargs))
@@ -94,8 +97,14 @@ class Split:
                    lambda feats, y: problem.outer_loss_from(feats, y, batch))
 
 
-Estimate = tuple[Params, float]
-"""An estimator's result: ĥ, and the outer loss f(x, y) it evaluated on the way."""
+Estimate = tuple[Params, float | Tensor]
+"""An estimator's result: ĥ, and the outer loss f(x, y) it evaluated on the way (a vector of
+per-client values for a stacked problem)."""
+
+
+def value(loss: Tensor) -> float | Tensor:
+    """A loss's value: a float, or the detached vector of a stacked problem's per-client losses."""
+    return float(loss.detach()) if loss.dim() == 0 else loss.detach()
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,8 @@ def fixed(feats: Any) -> Any:
 def implicit(x: Params, point: Point, s: Tensor | float = 0.0) -> Estimate:
     """ĥ = ∇_x (f − s) in x's names and shapes, detached, from ONE backward through x's
     computation (a backbone's features): ∇_x s = J v gives eq 9. Returns f's value too."""
-    grads = unflatten(flat_grad(point.f - s, point.x.values()), x)
-    return {n: p.detach() for n, p in grads.items()}, float(point.f.detach())
+    grads = unflatten(flat_grad(point.f.sum() - s, point.x.values()), x)
+    return {n: p.detach() for n, p in grads.items()}, value(point.f)
 
 
 def aid(problem: Objective, x: Params, y: Params, batch: Batch,

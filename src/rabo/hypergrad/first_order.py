@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..problem import Batch, Objective
 from ..submodel import Params
-from ._common import Estimate, Options, flat_grad, leaves, unflatten
+from ._common import Estimate, Options, flat_grad, leaves, unflatten, value
 
 
 def first_order(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
@@ -13,4 +13,4 @@ def first_order(problem: Objective, x: Params, y: Params, batch: Batch, opts: Op
     problem's ``features`` may also compute the inner data's, which f does not need)."""
     xl = leaves(x, True)
     f = problem.outer_loss(xl, leaves(y), batch)
-    return unflatten(flat_grad(f, xl.values()), x), float(f.detach())
+    return unflatten(flat_grad(f, xl.values()), x), value(f)

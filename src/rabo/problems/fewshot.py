@@ -116,6 +116,12 @@ class FewShot(BilevelProblem):
             return x, head
         return ({**x, **head} if self.head == "meta" else x), {}
 
+    @property
+    def stackable(self) -> bool:
+        """The linear head's losses vmap; prototypes (boolean class masks) and MAML's inner
+        autograd do not."""
+        return self.head == "linear"
+
     def inner_batch(self, task: Task) -> Task:
         return {**task, "query": task["query"][:0], "query_labels": task["query_labels"][:0]}
 

@@ -45,7 +45,7 @@ def balanced_cross_entropy(logits: Tensor, labels: Tensor, num_classes: int) -> 
     """Mean over the classes present in the batch of each class's mean cross-entropy."""
     ce = F.cross_entropy(logits, labels, reduction="none")
     counts = torch.bincount(labels, minlength=num_classes).to(ce.dtype)
-    per_class = torch.zeros(num_classes, dtype=ce.dtype).index_add(0, labels, ce)
+    per_class = torch.zeros(num_classes, dtype=ce.dtype, device=ce.device).index_add(0, labels, ce)
     present = counts > 0
     return (per_class[present] / counts[present]).mean()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,30 +14,52 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .. import checkpoint, client
+from .. import checkpoint, client, stacked
 from ..accounting import FlopCache, shape_key
 from ..experiment import Experiment
 from ..rounds import Job, Reply, RunState, Transport, run_round
 
 
 class LocalTransport:
-    """The simulator's transport: each job is a direct call of the client step, its FLOPs
-    counted once per (phase, cost key, shapes) by the :class:`FlopCache`."""
+    """The simulator's transport: the client steps called in this process, their FLOPs counted
+    once per (phase, cost key, shapes) by the :class:`FlopCache`. With ``batched``, clients of
+    one such key run together as a stack (:mod:`rabo.stacked`) where the problem and estimator
+    allow; the stack is the same for a round whatever ran before (a resumed run is exact), and
+    each client is counted at one sequential step's FLOPs, measured once per key."""
 
-    def __init__(self, exp: Experiment, flops: FlopCache):
+    def __init__(self, exp: Experiment, flops: FlopCache, batched: bool = True):
         self.exp, self.flops = exp, flops
+        self.batched = batched and exp.config.batch_clients \
+            and stacked.can_stack(exp.problem, exp.settings)
 
     def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
         problem, settings, seed = self.exp.problem, self.exp.settings, self.exp.config.seed
-        step = client.inner_phase if phase == "inner" else client.outer_phase
-        replies: list[Reply | None] = []
-        for job in jobs:
-            (delta, m), fl = self.flops.run(
-                (phase, problem.cost_key(job.client), shape_key(job.x), shape_key(job.y)),
-                partial(step, problem, job.x, job.y, job.index, job.client, round, settings,
-                        seed))
-            replies.append(Reply(delta, m[f"{phase}_loss"], fl))
+        groups: dict[Hashable, list[int]] = {}
+        for k, job in enumerate(jobs):
+            key = (phase, problem.cost_key(job.client), shape_key(job.x), shape_key(job.y))
+            groups.setdefault(key, []).append(k)
+        replies: list[Reply | None] = [None] * len(jobs)
+        for key, members in groups.items():
+            if not (self.batched and len(members) > 1):
+                for k in members:
+                    replies[k] = self._alone(phase, key, jobs[k], round)
+                continue
+            if key not in self.flops.counts:     # count one client's step as the others are
+                self._alone(phase, key, jobs[members[0]], round)
+            results = stacked.stacked_step(
+                problem, phase, [(jobs[k].client, jobs[k].index, jobs[k].x, jobs[k].y)
+                                 for k in members], round, settings, seed)
+            for k, (delta, loss) in zip(members, results, strict=True):
+                replies[k] = Reply(delta, loss, self.flops.counts[key])
         return replies
+
+    def _alone(self, phase: str, key: Hashable, job: Job, round: int) -> Reply:
+        step = client.inner_phase if phase == "inner" else client.outer_phase
+        exp = self.exp
+        (delta, m), fl = self.flops.run(key, partial(step, exp.problem, job.x, job.y, job.index,
+                                                     job.client, round, exp.settings,
+                                                     exp.config.seed))
+        return Reply(delta, m[f"{phase}_loss"], fl)
 
 
 def simulate_round(exp: Experiment, state: RunState, flops: FlopCache,

@@ -1,0 +1,69 @@
+"""Clients whose submodels have the same shapes, run as one (SPEC §2 client steps, batched).
+
+G clients' x̃_i, ỹ_i and data are stacked on a new leading dimension and the problem's losses
+are vmapped over it (:class:`Stacked`): each loss is the vector of the G clients' losses, and
+its derivatives are those of the sum, which keep the clients apart because their parameters are
+disjoint. A convolution of G stacked weight sets becomes one grouped convolution, so ten small
+submodels cost about one call each layer instead of ten. The client step itself is the
+sequential one (:func:`rabo.client.client_step`), unchanged.
+
+Only estimators that act on each client's block alone batch this way (:data:`BLOCKWISE`): CG's
+step sizes, ``fd``'s step lengths and ``fd-dir``'s directions use norms or draws over the whole
+vector, so clients run one by one there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.func import vmap
+from torch.utils._pytree import tree_map
+
+from .client import ClientSettings, client_step, phase_data
+from .problem import BilevelProblem
+from .submodel import Params, SubmodelIndex
+
+BLOCKWISE = (None, "neumann", "first-order")
+
+
+class Stacked:
+    """G copies of ``problem`` as one problem over stacked parameters and batches; every loss
+    returns the G per-client values."""
+
+    def __init__(self, problem: BilevelProblem):
+        self.episodic = problem.episodic
+        self.inner_batch = vmap(problem.inner_batch)
+        self.inner_loss = vmap(problem.inner_loss)
+        self.outer_loss = vmap(problem.outer_loss)
+        if hasattr(problem, "features"):
+            self.features = vmap(problem.features)
+            self.inner_loss_from = vmap(problem.inner_loss_from)
+            self.outer_loss_from = vmap(problem.outer_loss_from)
+
+
+def can_stack(problem: BilevelProblem, settings: ClientSettings) -> bool:
+    """Whether this problem's losses vmap (its ``stackable``) and the estimator is blockwise."""
+    return bool(getattr(problem, "stackable", False)) and settings.estimator in BLOCKWISE
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Stack equal-structure pytrees (params, batches, lists of tasks) leaf by leaf."""
+    return tree_map(lambda *leaves: torch.stack(leaves), trees[0], *trees[1:])
+
+
+def stacked_step(problem: BilevelProblem, phase: str, jobs: Sequence[tuple[int, SubmodelIndex,
+                 Params, Params]], round: int, settings: ClientSettings,
+                 seed: int) -> list[tuple[Params, float]]:
+    """One phase for G same-shape clients ``(client, index, x̃, ỹ)`` at once: each draws its own
+    data from its own sampler, then one stacked :func:`client_step`; (Δ_i, loss_i) per client,
+    equal to the sequential step's up to float rounding."""
+    data = stack([phase_data(problem, phase, index, client, round, settings, seed)
+                  for client, index, _, _ in jobs])
+    x = stack([x for _, _, x, _ in jobs])
+    y = stack([y for _, _, _, y in jobs])
+    delta, losses = client_step(Stacked(problem), phase, x, y, data, round, settings)
+    losses = torch.as_tensor(losses).expand(len(jobs))
+    return [({n: d[i] for n, d in delta.items()}, float(losses[i])) for i in range(len(jobs))]
+
