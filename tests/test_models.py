@@ -232,3 +232,20 @@ def test_unknown_model_name_raises():
     with pytest.raises(UnknownNameError, match="'vgg'.*allowed: conv4, mlp, resnet12"):
         build("vgg")
     assert sorted(MODELS) == ["conv4", "mlp", "resnet12", "resnet18", "small_cnn"]
+
+
+def test_pooling_before_relu_is_the_textbook_block_exactly():
+    """ConvBlock and SmallCNN pool before ReLU (cheaper); values and gradients equal the
+    conv → BN → ReLU → pool order bit for bit."""
+    from rabo.models import ConvBlock
+    torch.manual_seed(0)
+    block = ConvBlock(3, 8)
+    images = torch.randn(6, 3, 14, 14, requires_grad=True)
+    textbook = torch.nn.functional.max_pool2d(torch.relu(block.bn(block.conv(images))), 2)
+    ours = block(images)
+    assert torch.equal(ours, textbook)
+    weights = torch.randn_like(ours)
+    grads = [torch.autograd.grad((out * weights).sum(), [images, *block.parameters()])
+             for out in (ours, textbook)]
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
