@@ -23,11 +23,12 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
+from rabo.accounting import FlopCache
 from rabo.config import RunConfig
 from rabo.experiment import build
-from rabo.rounds import Job, RunState, run_round
+from rabo.rounds import Job, Reply, RunState, run_round
 from rabo.runtime import flower
-from rabo.runtime.simulate import run
+from rabo.runtime.simulate import LocalTransport, run
 
 TOL = 1e-6
 
@@ -162,7 +163,8 @@ def test_a_node_whose_app_raises_fails_its_clients(task_identity):
 # --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
 class ProcessWatch:
     """Records every descendant of a process (pid, start time → parent pid, command line)
-    while it runs."""
+    while it runs, and every member of a process group led by one of them (a process whose
+    parent was killed leaves the tree but stays in its group)."""
 
     def __init__(self, pid: int):
         self.pid, self.done = pid, threading.Event()
@@ -170,21 +172,39 @@ class ProcessWatch:
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
+    def _groups(self) -> list[int]:
+        """The pids seen that still name their process (live or a zombie) or name none:
+        Linux reuses no pid that a process group still has as its id."""
+        def ours(pid: int, start: int) -> bool:
+            try:
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+                           .split()[19]) == start
+            except FileNotFoundError:
+                return True
+            except (OSError, IndexError, ValueError):
+                return False
+
+        return [pid for pid, start in list(self.seen) if ours(pid, start)]
+
+    def _scan(self) -> None:
+        for pid, start in flower.descendants(self.pid, self._groups()):
+            try:  # read again each time: between fork and exec it is the parent's
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            if cmd or (pid, start) not in self.seen:
+                self.seen[(pid, start)] = ppid, cmd.split("\0")
+
     def _loop(self) -> None:
         while not self.done.is_set():
-            for pid, start in flower.descendants(self.pid):
-                try:  # read again each time: between fork and exec it is the parent's
-                    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                except (OSError, ValueError):
-                    continue
-                if cmd or (pid, start) not in self.seen:
-                    self.seen[(pid, start)] = ppid, cmd.split("\0")
+            self._scan()
             time.sleep(0.2)
 
     def stop(self) -> None:
         self.done.set()
         self.thread.join()
+        self._scan()  # whatever started since the last look
 
     def count(self, program: str) -> int:
         """Processes seen running ``program`` (a console script: argv[0] or, run by its
@@ -259,3 +279,90 @@ def test_flower_local_stops_every_process_when_interrupted(tmp_path):
     assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
         sorted(watch.seen.values())
     assert watch.alive() == {}, watch.alive()
+
+
+class Dropping:
+    """The simulator's transport with ``clients`` failing (no reply) from round ``start``
+    (0-based) on, as a node that has died."""
+
+    def __init__(self, transport: LocalTransport, clients: set[int], start: int):
+        self.transport, self.clients, self.start = transport, clients, start
+
+    def __call__(self, phase: str, round: int, jobs: list[Job]) -> list[Reply | None]:
+        if round < self.start:
+            return self.transport(phase, round, jobs)
+        kept = iter(self.transport(phase, round, [j for j in jobs if j.client not in self.clients]))
+        return [None if job.client in self.clients else next(kept) for job in jobs]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_local_survives_a_killed_supernode(tmp_path):
+    """SIGKILL one of 3 SuperNodes as round 1 is logged: the run finishes, rounds 2.. name the
+    node's clients failed, each of those rounds costs at most the timeout more than a healthy
+    one, and the results are the simulator's with those clients failing from round 2."""
+    timeout = 30  # seconds a phase waits; a healthy phase here takes ~10s (3 app starts)
+    out = tmp_path / "flower"
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local",
+                             "--supernodes", "3", "quadratic", "--method", "rabo", "--rounds", "4",
+                             "--clients", "10", "--seed", "0", "--out", str(out),
+                             "--timeout", str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = ProcessWatch(proc.pid)
+
+    def logged() -> list[dict]:
+        path = out / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    try:
+        deadline = time.monotonic() + 300
+        while not logged():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.05)
+        nodes = {d: cmd for d, (_, cmd) in watch.seen.items()
+                 if any(Path(arg).name == "flower-supernode" for arg in cmd[:2])}
+        (victim, cmd), = [(d, cmd) for d, cmd in nodes.items() if flower.alive(*d)
+                          and 'client-ids="1,4,7"' in cmd]            # node k hosts k, k+3, …
+        os.kill(victim[0], signal.SIGKILL)
+        killed_after = len(logged())                                  # rounds logged before
+        dead = flower.hosted_clients(
+            {"client-ids": cmd[cmd.index("--node-config") + 1].split("=", 1)[1].strip('"')})
+        log, _ = proc.communicate(timeout=480)
+        seconds = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        watch.stop()
+        left = watch.alive()
+        for pid, started in left:                      # stop what the run left, by pid
+            if flower.alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
+    print(f"rabo flower local with a SuperNode killed after round {killed_after}: "
+          f"{seconds:.0f}s")
+    assert proc.returncode == 0, log
+    assert left == {}, left
+    assert watch.count("flower-supernode") == 3, sorted(watch.seen.values())
+    assert dead == [1, 4, 7] and killed_after == 1, (dead, killed_after)
+    rows = logged()
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    first = next(t for t, r in enumerate(rows) if r["failed"])
+    assert first == killed_after, (first, rows)    # the round right after the kill, not later
+    for r in rows:
+        failed = dead if r["round"] > first else []
+        assert r["failed"] == failed, r
+        assert r["clients"] == [c for c in range(10) if c not in failed], r
+    for r in rows[first:]:                          # a dead node costs at most the timeout
+        assert r["seconds"] < rows[0]["seconds"] + timeout, (r, rows[0])
+    for client in dead:                             # the round log names the missing clients
+        assert f"round {first + 1} inner: client {client} " in log, log
+    exp = build(RunConfig(problem="quadratic", method="rabo", rounds=4, clients=10, seed=0))
+    run(exp, tmp_path / "sim", progress=False,
+        transport=Dropping(LocalTransport(exp, FlopCache()), set(dead), first))
+    assert_same_run(tmp_path / "sim", out)

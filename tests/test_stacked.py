@@ -19,6 +19,7 @@ def rounds(config: RunConfig, batched: bool, count: int) -> tuple[RunState, list
     exp = build(config)
     state = RunState(*exp.problem.init_params(exp.config.seed))
     transport = LocalTransport(exp, FlopCache(), batched=batched)
+    assert transport.batched == batched          # the path under test is the one taken
     return state, [run_round(exp, state, transport) for _ in range(count)]
 
 
@@ -32,6 +33,7 @@ def assert_close(a: dict, b: dict, atol: float) -> None:
 CASES = {
     "quadratic": (RunConfig(problem="quadratic", clients=12, capacities=[1.0, 0.5, 0.25]), 1e-12),
     "fewshot": (RunConfig(problem="fewshot", clients=6, capacities=[1.0, 0.25, 0.0625],
+                          batch_clients=True,
                           eval_every=100, inner_steps=2, adapt_steps=2, terms=3,
                           problem_options={"source": "synthetic", "tasks": 2}), 2e-6),
 }
@@ -80,3 +82,6 @@ def test_only_blockwise_estimators_and_vmappable_problems_stack():
     assert not stacked.can_stack(proto.problem, proto.settings)
     off = build(RunConfig(problem="quadratic", batch_clients=False))
     assert not LocalTransport(off, FlopCache()).batched
+    fewshot = build(RunConfig(problem="fewshot", problem_options={"source": "synthetic"}))
+    assert not LocalTransport(fewshot, FlopCache()).batched   # its default: one by one
+    assert LocalTransport(build(CASES["fewshot"][0]), FlopCache()).batched

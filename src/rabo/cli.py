@@ -47,6 +47,7 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=str,
                    help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
                         "built-in problems on a busy machine)")
+    p.add_argument("--device", help="where clients compute: cpu (default), cuda or cuda:N")
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
@@ -136,6 +137,7 @@ def make_parser() -> argparse.ArgumentParser:
     _reproduce_parser(sub)
     _report_parser(sub)
     _flower_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -145,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     file_values = load_toml(args.config) if args.config else {}
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir", "threads", "checkpoint_every",
+             "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
              "participation", "fail_prob")
     flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     # The problem decides which problem.* options exist, so it is settled first.
@@ -160,7 +162,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _given(args: argparse.Namespace) -> bool:
     """Whether the command line sets any config value (beyond --resume and display flags)."""
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir", "threads", "config", "checkpoint_every",
+             "capacity_trace", "seed", "data_dir", "threads", "device", "config", "checkpoint_every",
              "participation", "fail_prob")
     return bool(args.set) or any(getattr(args, n, None) is not None for n in names)
 
@@ -196,20 +198,27 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
     return exp, out
 
 
+def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
+    """The experiment and run directory of ``rabo run`` / ``rabo flower local``: the run of
+    ``--resume DIR``, or a new one from the command line whose directory (``--out``, default
+    runs/PROBLEM-METHOD-seedS) must be empty or absent unless ``--overwrite`` (then emptied)."""
+    if args.resume:
+        return resumed_experiment(args)
+    exp = build(config_from_args(args))
+    cfg = exp.config
+    out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
+                              f"to replace it or choose another --out")
+        shutil.rmtree(out)
+    return exp, out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.simulate import run
 
-    if args.resume:
-        exp, out = resumed_experiment(args)
-    else:
-        exp = build(config_from_args(args))
-        cfg = exp.config
-        out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
-        if out.exists() and any(out.iterdir()):
-            if not args.overwrite:
-                raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
-                                  f"to replace it or choose another --out")
-            shutil.rmtree(out)
+    exp, out = _prepare_run(args)
     cfg = exp.config
     try:
         state = run(exp, out, progress=not args.no_progress, resume=bool(args.resume))
@@ -288,17 +297,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
         raise ConfigError("rabo flower needs Flower; install it with pip install 'rabo[flower]'")
     from .runtime.flower import run_local
 
-    if args.resume:
-        exp, out = resumed_experiment(args)
-    else:
-        exp = build(config_from_args(args))
-        cfg = exp.config
-        out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
-        if out.exists() and any(out.iterdir()):
-            if not args.overwrite:
-                raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
-                                  f"to replace it or choose another --out")
-            shutil.rmtree(out)
+    exp, out = _prepare_run(args)
     cfg = exp.config
     run_local(exp, out, args.supernodes, args.timeout, resume=bool(args.resume),
               quiet=args.no_progress)
@@ -310,8 +309,53 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="time the simulator against a naive FedNest-style loop and the matmul "
+                      "roofline",
+        description="In one process: the machine's dense float32 matmul FLOP/s (the roofline), "
+                    "rabo's simulator and a naive reference loop (one client after another, a "
+                    "fresh nn.Module per client, autograd double backward) on the same "
+                    "problems, seeds and rounds. Prints a table and writes JSON: seconds per "
+                    "round of both, their ratio, the simulator's counted FLOP/s as a fraction "
+                    "of the roofline, peak RSS, and whether both end with the same parameters.")
+    p.add_argument("--workloads", default="fewshot,losstuning,quadratic",
+                   help="comma-separated: fewshot (Conv-4 5w1s, 10 clients), losstuning "
+                        "(digits, 10 clients), quadratic (100 and 1,000 clients) (default: all)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds per workload, after the warm-up (default: 3)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds first, where FLOPs are counted (default: 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="where clients compute: cpu (default), cuda "
+                   "or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--data-dir", help="Omniglot for fewshot (default: synthetic episodes)")
+    p.add_argument("--out", type=Path, default=Path("bench.json"),
+                   help="JSON file to write (default: bench.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_table, write_json
+
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    progress = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
+    report = bench(names, args.rounds, args.warmup, args.device, args.threads, args.seed,
+                   args.data_dir, progress=progress)
+    print(format_table(report))
+    write_json(report, args.out)
+    print(f"{report['wall_seconds']:.1f} s in all -> {args.out}")
+    if not report["checks"]["same_params"]:
+        bad = [r["workload"] for r in report["workloads"] if not r["same_params"]]
+        print(f"rabo: bench: simulator and naive loop end with different parameters on "
+              f"{', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "cost": cmd_cost, "reproduce": cmd_reproduce, "report": cmd_report,
-            "flower": cmd_flower}
+            "flower": cmd_flower, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

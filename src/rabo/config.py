@@ -54,7 +54,7 @@ class RunConfig:
     data_dir: str | None = None
     threads: int | None = None
     device: str = "cpu"
-    batch_clients: bool = True
+    batch_clients: bool | None = None
     problem_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
 

@@ -37,7 +37,8 @@ class BilevelProblem:
     ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, …).
     ``stackable``: the losses (and ``features``, ``inner_batch``) run under ``torch.func.vmap``
     over stacked parameters and batches, so same-shape clients can run as one
-    (:mod:`rabo.stacked`); a batch is then a pytree of tensors only.
+    (:mod:`rabo.stacked`); a batch is then a pytree of tensors only. ``batch_by_default``:
+    whether the simulator stacks them unless the config's ``batch_clients`` says otherwise.
     """
 
     name: str = "problem"
@@ -45,6 +46,7 @@ class BilevelProblem:
     num_clients: int
     episodic: bool = False
     stackable: bool = False
+    batch_by_default: bool = True
     defaults: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Any]] = {}
 

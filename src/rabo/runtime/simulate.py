@@ -29,8 +29,10 @@ class LocalTransport:
 
     def __init__(self, exp: Experiment, flops: FlopCache, batched: bool = True):
         self.exp, self.flops = exp, flops
-        self.batched = batched and exp.config.batch_clients \
-            and stacked.can_stack(exp.problem, exp.settings)
+        wanted = exp.config.batch_clients
+        if wanted is None:                       # the problem's choice: where it measured faster
+            wanted = bool(getattr(exp.problem, "batch_by_default", True))
+        self.batched = batched and wanted and stacked.can_stack(exp.problem, exp.settings)
 
     def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
         problem, settings, seed = self.exp.problem, self.exp.settings, self.exp.config.seed

@@ -1,0 +1,369 @@
+"""`rabo bench` (issue 9): in one process, the machine's matmul roofline, rabo's simulator and
+the naive reference loop on the same problem, seed and rounds; seconds per round of both, the
+simulator's counted FLOP/s against the roofline, peak resident memory, and whether both end
+with the same parameters (so the speed is not bought with different math)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..accounting import FlopCache
+from ..config import PAPER_CAPACITIES, RunConfig, check_device
+from ..errors import ConfigError, UnknownNameError
+from ..experiment import Experiment, build
+from ..rounds import RunState
+from ..runtime.simulate import simulate_round
+from ..submodel import Params
+from .naive import NaiveLoop
+from .roofline import Roofline, matmul_flops, synchronize
+
+WORKLOADS = ("fewshot", "losstuning", "quadratic")
+QUADRATIC_CLIENTS = (100, 1000)   # the last is the headline row; both give the growth check
+TOLERANCE = 1e-5                  # max |simulator − naive| over every coordinate of x and y
+RSS_LIMIT = 4 * 2 ** 30           # quadratic at 1,000 clients must stay below it
+NEVER = 10 ** 9                   # rounds / eval_every of a bench config: no evaluation rounds
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named run to benchmark; ``config`` is a :class:`RunConfig` like ``rabo run``'s."""
+
+    name: str
+    config: RunConfig
+
+
+def workloads(names: Sequence[str], seed: int = 0, data_dir: str | None = None) -> list[Workload]:
+    """The bench's runs: ``fewshot`` (Conv-4, 5-way 1-shot, 10 clients of capacities
+    1, ½, ¼, ⅛, 1/16; Omniglot with ``data_dir``, synthetic episodes without), ``losstuning``
+    (digits, 10 clients) and ``quadratic`` at each of :data:`QUADRATIC_CLIENTS` clients; all
+    with method rabo."""
+    out = []
+    for name in names:
+        if name not in WORKLOADS:
+            raise UnknownNameError("workload", name, WORKLOADS)
+        if name == "fewshot":
+            source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
+            out.append(Workload(name, RunConfig(
+                problem="fewshot", method="rabo", clients=10, seed=seed, data_dir=data_dir,
+                capacities=list(PAPER_CAPACITIES),
+                problem_options={"ways": 5, "shots": 1, **source})))
+        elif name == "losstuning":
+            out.append(Workload(name, RunConfig(problem="losstuning", method="rabo", clients=10,
+                                                seed=seed,
+                                                problem_options={"dataset": "digits"})))
+        else:
+            out.extend(Workload(f"quadratic-{m}", RunConfig(problem="quadratic", method="rabo",
+                                                            clients=m, seed=seed))
+                       for m in QUADRATIC_CLIENTS)
+    return out
+
+
+# --- peak resident memory --------------------------------------------------------------------
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS to its current RSS (Linux:
+    ``5`` into /proc/self/clear_refs); False where that is not possible."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since the last reset (VmHWM), or over the process's life where
+    /proc is not readable (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- the two loops ---------------------------------------------------------------------------
+def _timed(step: Callable[[], Any], device: str, count: bool) -> tuple[float, Any, int]:
+    """Run ``step`` once: (seconds, its result, FLOPs counted if ``count``, else 0)."""
+    synchronize(device)
+    start = time.perf_counter()
+    if count:
+        with FlopCounterMode(display=False) as counter:
+            result = step()
+        flops = int(counter.get_total_flops())
+    else:
+        result, flops = step(), 0
+    synchronize(device)
+    return time.perf_counter() - start, result, flops
+
+
+def _rounds(step: Callable[[int], tuple[float, int]], total: int, warmup: int,
+            device: str) -> dict[str, Any]:
+    """Per-round seconds and FLOPs of ``total`` rounds, the first ``warmup`` untimed, plus
+    the peak RSS (and GPU memory) while they ran."""
+    reset = reset_peak_rss()
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, flops = [], []
+    for r in range(total):
+        took, fl = step(r)
+        if r >= warmup:
+            seconds.append(took)
+            flops.append(fl)
+    out = {"seconds": seconds, "flops_per_round_all": flops, "peak_rss_bytes": peak_rss(),
+           "peak_rss_since_reset": reset}
+    if torch.device(device).type == "cuda":
+        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+def run_simulator(exp: Experiment, total: int, warmup: int) -> tuple[RunState, dict]:
+    """rabo's simulator (:func:`rabo.runtime.simulate.simulate_round`) for ``total`` rounds,
+    its clients computing on the config's device (the server state stays on the CPU, as in
+    ``rabo run``); the FLOPs per round are the ones it counts itself (SPEC §6)."""
+    on = exp.config.device
+    state = RunState(*exp.problem.init_params(exp.config.seed))
+    cache = FlopCache()
+
+    def step(r: int) -> tuple[float, int]:
+        took, metrics, _ = _timed(lambda: simulate_round(exp, state, cache), on, count=False)
+        return took, int(metrics["flops"])
+
+    return state, {**_rounds(step, total, warmup, on), "device": on}
+
+
+def run_naive(exp: Experiment, total: int, warmup: int, device: str) -> tuple[NaiveLoop, dict]:
+    """The naive loop for ``total`` rounds; its FLOPs are counted around its first round (the
+    rounds' shapes repeat, so every round costs the same) and that count is reused."""
+    loop = NaiveLoop(exp, device)
+    counted: list[int] = []
+
+    def step(r: int) -> tuple[float, int]:
+        took, _, fl = _timed(loop.step, device, count=not counted)
+        if not counted:
+            counted.append(fl)
+        return took, counted[0]
+
+    return loop, {**_rounds(step, total, warmup, device), "device": device}
+
+
+def max_diff(a: Params, b: Params) -> float:
+    """max |a − b| over every coordinate of every tensor (inf if names or shapes differ)."""
+    if a.keys() != b.keys():
+        return math.inf
+    worst = 0.0
+    for n in a:
+        p, q = a[n].detach().cpu().double(), b[n].detach().cpu().double()
+        if p.shape != q.shape:
+            return math.inf
+        if p.numel():
+            worst = max(worst, float((p - q).abs().max()))
+    return worst
+
+
+def _summary(raw: dict[str, Any], roofline: Roofline | None) -> dict[str, Any]:
+    seconds = statistics.median(raw["seconds"])
+    flops = statistics.median(raw["flops_per_round_all"])
+    rate = flops / seconds if seconds > 0 else math.nan
+    out = {"seconds_per_round": seconds, "seconds": raw["seconds"], "flops_per_round": flops,
+           "flops_per_s": rate,
+           "roofline_fraction": rate / roofline.flops_per_s if roofline else None,
+           "peak_rss_mib": raw["peak_rss_bytes"] / MIB, "device": raw["device"]}
+    if "peak_gpu_bytes" in raw:
+        out["peak_gpu_mib"] = raw["peak_gpu_bytes"] / MIB
+    return out
+
+
+def measure(workload: Workload, rounds: int = 3, warmup: int = 1, device: str = "cpu",
+            roofline: Roofline | None = None) -> dict[str, Any]:
+    """Simulator and naive loop on one workload, ``warmup`` + ``rounds`` rounds each from the
+    same initial model; seconds per round are medians over the ``rounds`` timed ones."""
+    exp = build(dataclasses.replace(workload.config, rounds=NEVER, eval_every=NEVER,
+                                    device=device))
+    total = warmup + rounds
+    state, sim = run_simulator(exp, total, warmup)
+    gc.collect()
+    loop, naive = run_naive(exp, total, warmup, device)
+    diff = max(max_diff(state.x, loop.x), max_diff(state.y, loop.y))
+    sim_s, naive_s = _summary(sim, roofline), _summary(naive, roofline)
+    return {"workload": workload.name, "problem": exp.config.problem,
+            "method": exp.config.method, "clients": exp.config.clients,
+            "capacities": exp.config.capacities, "rounds": rounds, "warmup": warmup,
+            "simulator": sim_s, "naive": naive_s,
+            "speedup": naive_s["seconds_per_round"] / sim_s["seconds_per_round"],
+            "max_param_diff": diff, "same_params": diff <= TOLERANCE,
+            "rss_reset": sim["peak_rss_since_reset"]}
+
+
+# --- the whole bench -------------------------------------------------------------------------
+def machine(device: str) -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                        "cudnn": torch.backends.cudnn.allow_tf32}
+    return info
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other processes' share of the cores skews timings."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's acceptance figures: same parameters everywhere; quadratic at the largest
+    client count under 4 GiB peak RSS; its seconds per round growing at most linearly in the
+    clients (exponent log(s₂/s₁)/log(M₂/M₁) ≤ 1, with 10 % slack for timing noise)."""
+    out: dict[str, Any] = {"same_params": all(r["same_params"] for r in rows)}
+    quad = sorted((r for r in rows if r["problem"] == "quadratic"), key=lambda r: r["clients"])
+    if quad:
+        out["quadratic_peak_rss_mib"] = quad[-1]["simulator"]["peak_rss_mib"]
+        out["quadratic_rss_under_4gib"] = quad[-1]["simulator"]["peak_rss_mib"] * MIB < RSS_LIMIT
+    if len(quad) >= 2:
+        lo, hi = quad[0], quad[-1]
+        exponent = math.log(hi["simulator"]["seconds_per_round"]
+                            / lo["simulator"]["seconds_per_round"]) \
+            / math.log(hi["clients"] / lo["clients"])
+        out["quadratic_growth_exponent"] = exponent
+        out["quadratic_at_most_linear"] = exponent <= 1.1
+    return out
+
+
+@contextmanager
+def _float32(threads: int | None) -> Iterator[None]:
+    """``threads`` torch CPU threads, and true float32 on CUDA (no TF32 in matmuls or cuDNN
+    convolutions: the roofline is float32, and TF32's 10-bit mantissa would put simulator and
+    naive loop apart by ~1e-3); the previous settings come back afterwards."""
+    saved = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+
+
+def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = "cpu",
+          threads: int | None = None, seed: int = 0, data_dir: str | None = None,
+          roofline_sizes: Sequence[int] | None = None,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Roofline, then every workload; the report :func:`format_table` prints and the CLI writes
+    as JSON."""
+    check_options(names, rounds, warmup, device, threads)
+    start, load_start = time.perf_counter(), _load()
+    say = progress or (lambda _: None)
+    with _float32(threads):
+        say(f"roofline: dense float32 matmul on {device}")
+        roof = matmul_flops(device, roofline_sizes)
+        rows = []
+        for workload in workloads(names, seed, data_dir):
+            say(f"{workload.name}: simulator and naive loop, {warmup} + {rounds} rounds each")
+            rows.append(measure(workload, rounds, warmup, device, roof))
+        info = {**machine(device), "load_average_start": load_start,
+                "load_average_end": _load()}
+    return {"machine": info,
+            "roofline": {"flops_per_s": roof.flops_per_s, "device": roof.device,
+                         "by_size": {str(n): r for n, r in roof.by_size.items()}},
+            "settings": {"workloads": list(names), "rounds": rounds, "warmup": warmup,
+                         "device": device, "threads": torch.get_num_threads(), "seed": seed,
+                         "data_dir": data_dir, "tolerance": TOLERANCE},
+            "workloads": rows, "checks": checks(rows),
+            "wall_seconds": time.perf_counter() - start}
+
+
+def check_options(names: Sequence[str], rounds: int, warmup: int, device: str,
+                  threads: int | None) -> None:
+    """One-line errors for values the bench cannot run with."""
+    if not names:
+        raise ConfigError(f"no workload given; allowed: {', '.join(WORKLOADS)}")
+    for name in names:
+        if name not in WORKLOADS:
+            raise UnknownNameError("workload", name, WORKLOADS)
+    if rounds < 1:
+        raise ConfigError(f"rounds={rounds!r} is not allowed; rounds must be an integer ≥ 1")
+    if warmup < 0:
+        raise ConfigError(f"warmup={warmup!r} is not allowed; warmup must be an integer ≥ 0")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads!r} is not allowed; threads must be an integer ≥ 1")
+    check_device(device)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, one row per workload, and its checks."""
+    roof = report["roofline"]["flops_per_s"]
+    columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
+               "sim GFLOP/s", "% of roofline", "naive GFLOP/s", "peak RSS MiB sim / naive",
+               "max diff", "same params")
+    machine = report["machine"]
+    lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
+              f"{report['roofline']['device']} ({machine['cpu']}, {machine['torch_threads']} "
+              f"threads)"),
+             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    if machine.get("load_average_start") and machine.get("load_average_end"):
+        lines.insert(1, f"load average {machine['load_average_start'][0]:.2f} at the start, "
+                        f"{machine['load_average_end'][0]:.2f} at the end, on "
+                        f"{machine['cpu_count']} cores")
+    for r in report["workloads"]:
+        sim, naive = r["simulator"], r["naive"]
+        lines.append(
+            f"| {r['workload']} | {r['clients']} | {sim['seconds_per_round']:.4f} | "
+            f"{naive['seconds_per_round']:.4f} | {r['speedup']:.2f}× | "
+            f"{sim['flops_per_s'] / 1e9:.3f} | {100 * sim['roofline_fraction']:.2f} % | "
+            f"{naive['flops_per_s'] / 1e9:.3f} | {sim['peak_rss_mib']:.0f} / "
+            f"{naive['peak_rss_mib']:.0f} | {r['max_param_diff']:.2e} | "
+            f"{'yes' if r['same_params'] else 'NO'} |")
+    c = report["checks"]
+    lines += ["", "same parameters (≤ 1e-5) everywhere: " + ("yes" if c["same_params"] else "NO")]
+    if "quadratic_rss_under_4gib" in c:
+        lines.append(f"quadratic peak RSS {c['quadratic_peak_rss_mib']:.0f} MiB < 4 GiB: "
+                     + ("yes" if c["quadratic_rss_under_4gib"] else "NO"))
+    if "quadratic_growth_exponent" in c:
+        lines.append(f"quadratic s/round ∝ clients^{c['quadratic_growth_exponent']:.2f} "
+                     f"(at most linear: {'yes' if c['quadratic_at_most_linear'] else 'NO'})")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """The report as JSON; non-finite floats become null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(w) for k, w in v.items()}
+        if isinstance(v, list):
+            return [clean(w) for w in v]
+        return v
+
+    path.write_text(json.dumps(clean(report), indent=2) + "\n")

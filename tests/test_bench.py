@@ -1,0 +1,113 @@
+"""`rabo bench`: the naive FedNest-style loop ends each workload with the simulator's parameters
+(so the timing compares the same math), the roofline is a rate, and the CLI writes its JSON and
+refuses bad values in one line."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rabo.bench import matmul_flops, runner
+from rabo.bench.naive import NaiveLoop
+from rabo.bench.runner import Workload, measure
+from rabo.cli import main
+from rabo.config import RunConfig
+from rabo.experiment import build
+
+
+def _same(config: RunConfig, rounds: int) -> float:
+    result = measure(Workload("test", config), rounds=rounds, warmup=0)
+    assert result["same_params"] == (result["max_param_diff"] <= 1e-5)
+    return result["max_param_diff"]
+
+
+@pytest.mark.parametrize("coupling", ["diagonal", "dense"])
+def test_naive_loop_matches_simulator_on_quadratic(coupling):
+    config = RunConfig(problem="quadratic", clients=20, outer_steps=2,
+                       problem_options={"coupling": coupling})
+    assert _same(config, rounds=2) <= 1e-5
+
+
+def test_naive_loop_matches_simulator_on_losstuning_digits():
+    config = RunConfig(problem="losstuning", clients=4, capacities=[1.0, 0.5, 0.25, 0.0625],
+                       inner_steps=3)
+    assert _same(config, rounds=2) <= 1e-5
+
+
+def test_naive_loop_matches_simulator_on_fewshot_synthetic():
+    config = RunConfig(problem="fewshot", clients=2, capacities=[1.0, 0.25], inner_steps=2,
+                       adapt_steps=2, terms=3, problem_options={"source": "synthetic"})
+    assert _same(config, rounds=1) <= 1e-5
+
+
+def test_naive_loop_moves_the_model():
+    """The comparison is not vacuous: two naive rounds change both x and y (y* = 0 at x = 0,
+    so y first moves in round 2)."""
+    exp = build(RunConfig(problem="quadratic", clients=4, capacities=[1.0, 0.5]))
+    loop = NaiveLoop(exp)
+    x0, y0 = exp.problem.init_params(exp.config.seed)
+    loop.step()
+    loop.step()
+    assert float((loop.x["x"] - x0["x"]).abs().max()) > 1e-3
+    assert float((loop.y["y"] - y0["y"]).abs().max()) > 1e-3
+
+
+def test_roofline_is_a_positive_finite_rate():
+    roof = matmul_flops("cpu", sizes=(64, 128), repeats=2, min_seconds=0.0)
+    assert math.isfinite(roof.flops_per_s) and roof.flops_per_s > 0
+    assert set(roof.by_size) == {64, 128} and roof.flops_per_s == max(roof.by_size.values())
+
+
+def test_bench_command_writes_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "QUADRATIC_CLIENTS", (10, 20))
+    monkeypatch.setattr("rabo.bench.runner.matmul_flops",
+                        lambda device, sizes=None: matmul_flops(device, (64,), 2, 0.0))
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--workloads", "quadratic", "--rounds", "1", "--warmup", "1",
+                 "--threads", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"machine", "roofline", "settings", "workloads", "checks", "wall_seconds"} <= set(report)
+    assert report["machine"]["torch_threads"] == 1 and report["machine"]["device"] == "cpu"
+    assert report["roofline"]["flops_per_s"] > 0
+    assert [r["workload"] for r in report["workloads"]] == ["quadratic-10", "quadratic-20"]
+    for row in report["workloads"]:
+        assert row["same_params"] is True and row["max_param_diff"] <= 1e-5
+        for side in ("simulator", "naive"):
+            s = row[side]
+            assert s["seconds_per_round"] > 0 and s["flops_per_round"] > 0
+            assert s["peak_rss_mib"] > 0 and 0 < s["roofline_fraction"]
+        assert row["speedup"] == pytest.approx(row["naive"]["seconds_per_round"]
+                                               / row["simulator"]["seconds_per_round"])
+    checks = report["checks"]
+    assert checks["same_params"] is True and "quadratic_growth_exponent" in checks
+    assert checks["quadratic_rss_under_4gib"] is True
+    table = capsys.readouterr().out
+    assert "| quadratic-20 | 20 |" in table and "same params" in table
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--workloads", "fewshot,cifar"], ["unknown workload 'cifar'",
+                                        "allowed: fewshot, losstuning, quadratic"]),
+    (["--workloads", ","], ["no workload given"]),
+    (["--rounds", "0"], ["rounds=0"]),
+    (["--warmup", "-1"], ["warmup=-1"]),
+    (["--threads", "0"], ["threads=0"]),
+    (["--device", "tpu"], ["device='tpu'", "expected cpu, cuda or cuda:N"]),
+    (["--rounds", "two"], ["invalid int value"]),
+])
+def test_bench_bad_values_exit_2_in_one_line(argv, words, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rabo: error: ")
+    for word in words:
+        assert word in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device exists here")
+def test_bench_cuda_without_a_gpu_is_a_one_line_error(capsys):
+    assert main(["bench", "--device", "cuda", "--out", "unused.json"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
