@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
-from collections.abc import Hashable, Sequence
+import threading
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,27 @@ def simulate_round(exp: Experiment, state: RunState, flops: FlopCache,
     return run_round(exp, state, LocalTransport(exp, flops), clients)
 
 
+@contextmanager
+def _interrupts() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also recorded, so the loop re-raises it
+    after the round if Python swallowed it (raised inside a destructor, it only prints
+    "Exception ignored"). Main thread only; elsewhere the record stays empty."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN: non-finite floats are written as null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -107,24 +131,27 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
     metrics_file = open(out / "metrics.jsonl", "a") if out else None  # noqa: SIM115
     saved = state.round
     try:
-        while state.round < cfg.rounds:
-            metrics = _clean(run_round(exp, state, transport))
-            state.history.append(metrics)
-            if metrics_file:
-                metrics_file.write(json.dumps(metrics) + "\n")
-                metrics_file.flush()
-            if out and (state.round % cfg.checkpoint_every == 0 or state.round == cfg.rounds):
-                checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
-                saved = state.round
-            shown.update({k: f"{metrics[k]:.4g}" for k in
-                          ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
-                          if metrics.get(k) is not None})
-            bar.set_postfix(shown, refresh=False)
-            bar.update(1)
-            if progress and not interactive and (state.round % cfg.eval_every == 0
-                                                 or state.round == cfg.rounds):
-                print(f"{cfg.method} on {cfg.problem}: round {state.round}/{cfg.rounds} "
-                      + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+        with _interrupts() as interrupted:
+            while state.round < cfg.rounds:
+                metrics = _clean(run_round(exp, state, transport))
+                state.history.append(metrics)
+                if metrics_file:
+                    metrics_file.write(json.dumps(metrics) + "\n")
+                    metrics_file.flush()
+                if out and (state.round % cfg.checkpoint_every == 0 or state.round == cfg.rounds):
+                    checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
+                    saved = state.round
+                shown.update({k: f"{metrics[k]:.4g}" for k in
+                              ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
+                              if metrics.get(k) is not None})
+                bar.set_postfix(shown, refresh=False)
+                bar.update(1)
+                if progress and not interactive and (state.round % cfg.eval_every == 0
+                                                     or state.round == cfg.rounds):
+                    print(f"{cfg.method} on {cfg.problem}: round {state.round}/{cfg.rounds} "
+                          + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+                if interrupted:            # a Ctrl-C that a destructor swallowed
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         if out and saved < state.round:
             checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
