@@ -45,15 +45,15 @@ def test_thirty_percent_failures_equal_a_run_without_those_clients():
 
 
 def test_a_client_update_with_nan_is_rejected_and_logged(monkeypatch):
-    real = client_module.inner_phase
+    real = client_module.client_phase
 
-    def poisoned(problem, x, y, index, client, *rest):
-        delta, m = real(problem, x, y, index, client, *rest)
-        if client == 3:
+    def poisoned(problem, phase, x, y, index, client, *rest):
+        delta, loss = real(problem, phase, x, y, index, client, *rest)
+        if client == 3 and phase == "inner":
             delta = {n: torch.full_like(d, float("nan")) for n, d in delta.items()}
-        return delta, m
+        return delta, loss
 
-    monkeypatch.setattr(client_module, "inner_phase", poisoned)
+    monkeypatch.setattr(client_module, "client_phase", poisoned)
     exp = build(RunConfig(problem="quadratic", method="rabo", rounds=2, capacities=[1.0],
                           batch_clients=False))
     state = run(exp, None, progress=False)

@@ -3,22 +3,24 @@ results: parameters, per-client losses and FLOP counts, so the fast path stays c
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from rabo import server, stacked
 from rabo.accounting import FlopCache
-from rabo.client import inner_phase, outer_phase
+from rabo.client import client_phase
 from rabo.config import RunConfig
 from rabo.experiment import build
-from rabo.rounds import RunState, run_round
+from rabo.rounds import Job, RunState, run_round
 from rabo.runtime.simulate import LocalTransport
 
 
 def rounds(config: RunConfig, batched: bool, count: int) -> tuple[RunState, list[dict]]:
-    exp = build(config)
+    exp = build(dataclasses.replace(config, batch_clients=batched))
     state = RunState(*exp.problem.init_params(exp.config.seed))
-    transport = LocalTransport(exp, FlopCache(), batched=batched)
+    transport = LocalTransport(exp, FlopCache())
     assert transport.batched == batched          # the path under test is the one taken
     return state, [run_round(exp, state, transport) for _ in range(count)]
 
@@ -59,14 +61,15 @@ def test_stacked_step_returns_each_clients_own_update():
     x, y = exp.problem.init_params(0)
     plan, settings = exp.problem.plan, exp.settings
     index = server.round_masks(exp.policy, plan, x, y, [0.25] * 3, 0, 0)
-    jobs = [(c, index[k], plan.extract(x, index[k]), plan.extract(y, index[k]))
+    jobs = [Job(c, index[k], plan.extract(x, index[k]), plan.extract(y, index[k]))
             for k, c in enumerate((0, 2, 5))]
-    for phase, step in (("inner", inner_phase), ("outer", outer_phase)):
+    for phase in ("inner", "outer"):
         together = stacked.stacked_step(exp.problem, phase, jobs, 0, settings, 0)
-        for (client, idx, xs, ys), (delta, loss) in zip(jobs, together, strict=True):
-            alone, m = step(exp.problem, xs, ys, idx, client, 0, settings, 0)
+        for job, (delta, loss) in zip(jobs, together, strict=True):
+            alone, alone_loss = client_phase(exp.problem, phase, job.x, job.y, job.index,
+                                             job.client, 0, settings, 0)
             assert_close(alone, delta, 2e-6)
-            assert loss == pytest.approx(m[f"{phase}_loss"], abs=1e-5)
+            assert loss == pytest.approx(alone_loss, abs=1e-5)
         assert len({float(d[next(iter(d))].sum()) for d, _ in together}) == 3  # not one copy
 
 

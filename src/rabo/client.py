@@ -143,22 +143,14 @@ def client_step(problem: BilevelProblem, phase: str, x: Params, y: Params, data:
     return to_device(delta, "cpu"), loss.cpu()
 
 
-def inner_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
-                client: int, round: int, settings: ClientSettings,
-                seed: int) -> tuple[Params, dict[str, float]]:
-    """Step 3 of Algorithm 1 for one client: its data, then :func:`inner_update`."""
-    data = phase_data(problem, "inner", index, client, round, settings, seed)
-    delta, loss = client_step(problem, "inner", x, y, data, round, settings)
-    return delta, {"inner_loss": float(loss)}
-
-
-def outer_phase(problem: BilevelProblem, x: Params, y: Params, index: SubmodelIndex,
-                client: int, round: int, settings: ClientSettings,
-                seed: int) -> tuple[Params, dict[str, float]]:
-    """Step 6 of Algorithm 1 for one client: its data, then :func:`outer_update`."""
-    data = phase_data(problem, "outer", index, client, round, settings, seed)
-    delta, loss = client_step(problem, "outer", x, y, data, round, settings)
-    return delta, {"outer_loss": float(loss)}
+def client_phase(problem: BilevelProblem, phase: str, x: Params, y: Params,
+                 index: SubmodelIndex, client: int, round: int, settings: ClientSettings,
+                 seed: int) -> tuple[Params, float]:
+    """Step 3 ("inner") or 6 ("outer") of Algorithm 1 for one client: its own data
+    (:func:`phase_data`), then :func:`client_step`; returns (Δ, mean loss)."""
+    data = phase_data(problem, phase, index, client, round, settings, seed)
+    delta, loss = client_step(problem, phase, x, y, data, round, settings)
+    return delta, float(loss)
 
 
 def _mean(values: list[float | Tensor]) -> Tensor:

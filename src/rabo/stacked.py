@@ -23,7 +23,8 @@ from torch.utils._pytree import tree_map
 
 from .client import ClientSettings, client_step, phase_data
 from .problem import BilevelProblem
-from .submodel import Params, SubmodelIndex
+from .rounds import Job
+from .submodel import Params
 
 BLOCKWISE = (None, "neumann", "first-order")
 
@@ -53,16 +54,15 @@ def stack(trees: Sequence[Any]) -> Any:
     return tree_map(lambda *leaves: torch.stack(leaves), trees[0], *trees[1:])
 
 
-def stacked_step(problem: BilevelProblem, phase: str, jobs: Sequence[tuple[int, SubmodelIndex,
-                 Params, Params]], round: int, settings: ClientSettings,
-                 seed: int) -> list[tuple[Params, float]]:
-    """One phase for G same-shape clients ``(client, index, x̃, ỹ)`` at once: each draws its own
-    data from its own sampler, then one stacked :func:`client_step`; (Δ_i, loss_i) per client,
-    equal to the sequential step's up to float rounding."""
-    data = stack([phase_data(problem, phase, index, client, round, settings, seed)
-                  for client, index, _, _ in jobs])
-    x = stack([x for _, _, x, _ in jobs])
-    y = stack([y for _, _, _, y in jobs])
+def stacked_step(problem: BilevelProblem, phase: str, jobs: Sequence[Job], round: int,
+                 settings: ClientSettings, seed: int) -> list[tuple[Params, float]]:
+    """One phase for G same-shape clients' jobs at once: each draws its own data from its own
+    sampler, then one stacked :func:`client_step`; (Δ_i, loss_i) per client, equal to the
+    sequential step's up to float rounding."""
+    data = stack([phase_data(problem, phase, job.index, job.client, round, settings, seed)
+                  for job in jobs])
+    x = stack([job.x for job in jobs])
+    y = stack([job.y for job in jobs])
     delta, losses = client_step(Stacked(problem), phase, x, y, data, round, settings)
     losses = torch.as_tensor(losses).expand(len(jobs))
     return [({n: d[i] for n, d in delta.items()}, float(losses[i])) for i in range(len(jobs))]

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map_only
 
 from .. import server
-from ..client import client_rng
+from ..client import client_rng, to_device
 from ..errors import ConfigError
 from ..experiment import Experiment
 from ..models import MLP, Conv4
@@ -209,16 +208,12 @@ class NaiveLoop:
                               f"{exp.settings.estimator!r}; use a method with estimator neumann")
         self.exp, self.device = exp, torch.device(device)
         x, y = exp.problem.init_params(exp.config.seed)
-        self.x = {n: p.to(self.device) for n, p in x.items()}
-        self.y = {n: p.to(self.device) for n, p in y.items()}
+        self.x, self.y = to_device(x, self.device), to_device(y, self.device)
         self.round = 0
-
-    def _to(self, batch: Any) -> Any:
-        return tree_map_only(Tensor, lambda t: t.to(self.device), batch)
 
     def _sample(self, client: int, phase: str, rng: Any, index: SubmodelIndex) -> Any:
         problem = self.exp.problem
-        return self._to(problem.restrict(problem.sample(client, phase, rng), index))
+        return to_device(problem.restrict(problem.sample(client, phase, rng), index), self.device)
 
     def _net(self, x: Params, y: Params) -> tuple[nn.Module, list, list]:
         """A fresh module holding (x̃, ỹ), and its x and y parameters in rabo's order."""

@@ -28,7 +28,7 @@ from ..config import PAPER_CAPACITIES, RunConfig, check_device
 from ..errors import ConfigError, UnknownNameError
 from ..experiment import Experiment, build
 from ..rounds import RunState
-from ..runtime.simulate import simulate_round
+from ..runtime.simulate import json_safe, simulate_round
 from ..submodel import Params
 from .naive import NaiveLoop
 from .roofline import Roofline, matmul_flops, synchronize
@@ -357,13 +357,4 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     """The report as JSON; non-finite floats become null."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(w) for k, w in v.items()}
-        if isinstance(v, list):
-            return [clean(w) for w in v]
-        return v
-
-    path.write_text(json.dumps(clean(report), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2) + "\n")

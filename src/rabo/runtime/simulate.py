@@ -25,17 +25,18 @@ from ..rounds import Job, Reply, RunState, Transport, run_round
 
 class LocalTransport:
     """The simulator's transport: the client steps called in this process, their FLOPs counted
-    once per (phase, cost key, shapes) by the :class:`FlopCache`. With ``batched``, clients of
-    one such key run together as a stack (:mod:`rabo.stacked`) where the problem and estimator
-    allow; the stack is the same for a round whatever ran before (a resumed run is exact), and
-    each client is counted at one sequential step's FLOPs, measured once per key."""
+    once per (phase, cost key, shapes) by the :class:`FlopCache`. Clients of one such key run
+    together as a stack (:mod:`rabo.stacked`) where the config's ``batch_clients`` (default:
+    the problem's ``batch_by_default``), the problem and the estimator allow; the stack is the
+    same for a round whatever ran before (a resumed run is exact), and each client is counted
+    at one sequential step's FLOPs, measured once per key."""
 
-    def __init__(self, exp: Experiment, flops: FlopCache, batched: bool = True):
+    def __init__(self, exp: Experiment, flops: FlopCache):
         self.exp, self.flops = exp, flops
         wanted = exp.config.batch_clients
         if wanted is None:                       # the problem's choice: where it measured faster
             wanted = bool(getattr(exp.problem, "batch_by_default", True))
-        self.batched = batched and wanted and stacked.can_stack(exp.problem, exp.settings)
+        self.batched = wanted and stacked.can_stack(exp.problem, exp.settings)
 
     def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
         problem, settings, seed = self.exp.problem, self.exp.settings, self.exp.config.seed
@@ -51,20 +52,18 @@ class LocalTransport:
                 continue
             if key not in self.flops.counts:     # count one client's step as the others are
                 self._alone(phase, key, jobs[members[0]], round)
-            results = stacked.stacked_step(
-                problem, phase, [(jobs[k].client, jobs[k].index, jobs[k].x, jobs[k].y)
-                                 for k in members], round, settings, seed)
+            results = stacked.stacked_step(problem, phase, [jobs[k] for k in members], round,
+                                           settings, seed)
             for k, (delta, loss) in zip(members, results, strict=True):
                 replies[k] = Reply(delta, loss, self.flops.counts[key])
         return replies
 
     def _alone(self, phase: str, key: Hashable, job: Job, round: int) -> Reply:
-        step = client.inner_phase if phase == "inner" else client.outer_phase
         exp = self.exp
-        (delta, m), fl = self.flops.run(key, partial(step, exp.problem, job.x, job.y, job.index,
-                                                     job.client, round, exp.settings,
-                                                     exp.config.seed))
-        return Reply(delta, m[f"{phase}_loss"], fl)
+        (delta, loss), fl = self.flops.run(key, partial(
+            client.client_phase, exp.problem, phase, job.x, job.y, job.index, job.client,
+            round, exp.settings, exp.config.seed))
+        return Reply(delta, loss, fl)
 
 
 def simulate_round(exp: Experiment, state: RunState, flops: FlopCache,
@@ -94,10 +93,15 @@ def _interrupts() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: non-finite floats are written as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in metrics.items()}
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats, also inside dicts and lists, become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def run(exp: Experiment, out: Path | None = None, progress: bool = True,
@@ -133,7 +137,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
     try:
         with _interrupts() as interrupted:
             while state.round < cfg.rounds:
-                metrics = _clean(run_round(exp, state, transport))
+                metrics = json_safe(run_round(exp, state, transport))
                 state.history.append(metrics)
                 if metrics_file:
                     metrics_file.write(json.dumps(metrics) + "\n")
