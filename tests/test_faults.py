@@ -77,3 +77,18 @@ def test_uncovered_coordinates_stay_when_every_client_fails():
 def test_bad_fault_settings(key, value):
     with pytest.raises(ConfigError, match=key):
         build(RunConfig(problem="quadratic", **{key: value}))
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_path):
+    from rabo import checkpoint
+    from rabo.errors import DivergedError
+
+    exp = build(RunConfig(problem="losstuning", method="rabo", rounds=30, outer_lr=1000.0,
+                          eval_every=10))
+    with pytest.raises(DivergedError, match=r"round 2: every client's update was NaN or Inf.*"
+                                            r"lower inner_lr and outer_lr"):
+        run(exp, tmp_path, progress=False)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    x, y, done, _ = checkpoint.load(tmp_path, exp.problem.init_params(0))
+    assert done == 2 and all(torch.isfinite(p).all() for p in [*x.values(), *y.values()])

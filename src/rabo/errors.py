@@ -26,6 +26,10 @@ class DataError(RaboError):
     """A data directory or file is missing, truncated or malformed."""
 
 
+class DivergedError(RaboError):
+    """Every client's update in a round was non-finite: the run diverged (steps too large)."""
+
+
 def lookup(table: dict, kind: str, name: str):
     """Return ``table[name]`` or raise an :class:`UnknownNameError` listing the allowed names."""
     try:

@@ -93,6 +93,17 @@ def run_phase(exp: Experiment, transport: Transport, phase: str, x: Params, y: P
     return result
 
 
+def divergence(metrics: dict[str, Any]) -> str | None:
+    """Why a logged round shows the run diverged (every answering client's update was NaN or
+    Inf, so nothing can be aggregated now or later), or None."""
+    answered = set(metrics["clients"])
+    if not answered or not answered <= set(metrics["rejected"]):
+        return None
+    return (f"round {metrics['round']}: every client's update was NaN or Inf, so the run "
+            f"diverged; lower inner_lr and outer_lr (the loss values in metrics.jsonl show "
+            f"where it grew)")
+
+
 def run_round(exp: Experiment, state: RunState, transport: Transport,
               clients: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
     """One round; updates ``state`` and returns its metrics. ``clients`` = (participants,

@@ -19,8 +19,9 @@ from safetensors.torch import save_file
 
 from .. import checkpoint, client, stacked
 from ..accounting import FlopCache, shape_key
+from ..errors import DivergedError
 from ..experiment import Experiment
-from ..rounds import Job, Reply, RunState, Transport, run_round
+from ..rounds import Job, Reply, RunState, Transport, divergence, run_round
 
 
 class LocalTransport:
@@ -109,7 +110,9 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
     """Run all rounds; with ``out``, write config.json, metrics.jsonl (a line a round, flushed),
     a checkpoint every ``checkpoint_every`` rounds and at the end, and final.safetensors.
     Progress is a bar on a terminal, a plain line per evaluation round otherwise.
-    ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first.
+    ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first,
+    and so does a diverged round (every update non-finite), which then stops the run with a
+    :class:`DivergedError`.
     ``transport`` carries the client steps (default: in this process; the Flower ServerApp
     passes its own and so shares this loop, its files and its checkpoints)."""
     from tqdm import tqdm
@@ -156,7 +159,9 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
                           + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
                 if interrupted:            # a Ctrl-C that a destructor swallowed
                     raise KeyboardInterrupt
-    except KeyboardInterrupt:
+                if reason := divergence(metrics):
+                    raise DivergedError(reason + (f"; run so far kept in {out}" if out else ""))
+    except (KeyboardInterrupt, DivergedError):
         if out and saved < state.round:
             checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
         raise
