@@ -181,6 +181,30 @@ def test_estimators_match_logistic_implicit_gradient(logistic, name):
     assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
 
 
+@pytest.mark.parametrize("name", ["fd", "fd-dir"])
+def test_forward_differences_are_exact_on_the_quadratic_and_close_on_logistic(logistic, name):
+    # g quadratic in y: a forward difference of ∇_y g is exact up to rounding, as is a central one
+    q = Quadratic()
+    h = hypergradient(q, q.x, q.y, None, name, difference="forward", **quad_options(q))
+    assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-5
+    # logistic loss: O(μ) truncation instead of O(μ²), still within the SPEC's 1e-3
+    h = hypergradient(logistic, logistic.x, logistic.y, None, name, terms=60,
+                      step=logistic.step, difference="forward", mu=1e-5)
+    assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
+
+
+def test_forward_differences_take_fewer_flops_than_central():
+    # central: two gradients of g per HVP and two evaluations for J v; forward: one per HVP
+    # and one, against g(x, y) evaluated once (the cost test pins RAFBO ≤ RABO on few-shot)
+    p = HeadOnBackbone()
+    counts = {}
+    for difference in ("central", "forward"):
+        with FlopCounterMode(display=False) as counter:
+            hypergradient(p, p.x, p.y, None, "fd-dir", terms=5, step=0.5, difference=difference)
+        counts[difference] = counter.get_total_flops()
+    assert counts["forward"] < counts["central"]
+
+
 # --- fd's coordinate blocks --------------------------------------------------------------------
 @pytest.mark.parametrize("perturb,k", [("x", 3), ("y", 4)])  # k does not divide n: blocks wrap
 def test_fd_blocks_average_to_full_estimate_over_a_cycle(perturb, k):
@@ -275,6 +299,7 @@ def test_result_has_x_keys_and_shapes_and_no_grad(name):
     ({"step": float("nan")}, ConfigError, "step=nan"),
     ({"coords": 0}, ConfigError, "coords=0"),
     ({"perturb": "z"}, ConfigError, "perturb='z'"),
+    ({"difference": "backward"}, ConfigError, "difference='backward'"),
 ])
 def test_bad_options_raise_config_errors(kwargs, error, text):
     q = Quadratic()

@@ -18,6 +18,7 @@ import torch
 
 from .capacity import check_capacities
 from .errors import ConfigError, UnknownNameError
+from .hypergrad import DIFFERENCES, PERTURB
 from .methods import get_method
 
 PAPER_CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
@@ -46,6 +47,7 @@ class RunConfig:
     mu: float | None = None
     coords: int | None = None
     perturb: str = "auto"
+    difference: str | None = None
     eval_every: int | None = None
     checkpoint_every: int | None = None
     participation: float = 1.0
@@ -66,7 +68,7 @@ FIELD_TYPES: dict[str, type] = {
     "problem": str, "method": str, "rounds": int, "clients": int, "capacities": list,
     "capacity_mode": str, "capacity_trace": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
     "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
-    "mu": float, "coords": int, "perturb": str, "eval_every": int, "adapt_steps": int,
+    "mu": float, "coords": int, "perturb": str, "difference": str, "eval_every": int, "adapt_steps": int,
     "checkpoint_every": int, "participation": float, "fail_prob": float,
     "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
 }
@@ -192,6 +194,8 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         out.policy = method.policy
     if out.estimator is None:
         out.estimator = method.estimator
+    if out.difference is None:       # the problem's: forward only where g is smooth in y
+        out.difference = problem_defaults.get("difference", "central")
     for key in RUN_DEFAULT_KEYS:
         if getattr(out, key) is None:
             setattr(out, key, problem_defaults.get(key, 0))
@@ -206,6 +210,10 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"participation={out.participation!r} is outside (0, 1]")
     if not (math.isfinite(out.fail_prob) and 0.0 <= out.fail_prob < 1.0):
         raise ConfigError(f"fail_prob={out.fail_prob!r} is outside [0, 1)")
+    if out.perturb not in PERTURB:
+        raise UnknownNameError("perturb", out.perturb, PERTURB)
+    if out.difference not in DIFFERENCES:
+        raise UnknownNameError("difference", out.difference, DIFFERENCES)
     if out.threads is not None:
         _positive("threads", out.threads, integer=True)
     if out.coords is not None:

@@ -59,7 +59,7 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
     schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed,
                                 trace)
     options = {"terms": cfg.terms, "step": cfg.step, "mu": cfg.mu, "coords": cfg.coords,
-               "perturb": cfg.perturb}
+               "perturb": cfg.perturb, "difference": cfg.difference}
     settings = ClientSettings(cfg.inner_steps, cfg.inner_lr,
                               cfg.outer_steps if cfg.estimator else 0, cfg.outer_lr,
                               cfg.estimator, options, cfg.adapt_steps, cfg.device)

@@ -31,7 +31,9 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("rabo", "importance", "neumann", "RABO: dual pruning, importance masks, Neumann AID"),
-    Method("rafbo", "importance", "fd", "RAFBO: RABO with the second-order-free FD estimator"),
+    Method("rafbo", "importance", "fd-dir",
+           "RAFBO: RABO with a second-order-free hypergradient (finite differences of first-order "
+           "gradients: H u in the Neumann recursion, J v along v)"),
     Method("fedmbo", "full", "neumann", "FedMBO: full-model federated bilevel baseline"),
     Method("static", "static", "first-order", "HeteroFL-style static submodels, first-order x"),
     Method("fedrolex", "rolling", "first-order", "FedRolex rolling submodels, first-order x"),

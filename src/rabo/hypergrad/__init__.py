@@ -44,6 +44,7 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 PERTURB = ("auto", "x", "y")
+DIFFERENCES = ("central", "forward")
 
 
 def _is_int(value: object) -> bool:
@@ -63,24 +64,27 @@ def _positive(value: object) -> bool:
 def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
                   estimator: str = "neumann", *, terms: int = 10, step: float = 0.1,
                   mu: float = 1e-3, coords: int | None = None, perturb: str = "auto",
-                  t: int = 0) -> Params:
+                  t: int = 0, difference: str = "central") -> Params:
     """ĥ ≈ ∇F(x) at (x, y) by the named estimator: a detached dict with x's names, shapes and dtype.
     See :func:`estimate` for the options."""
     return estimate(problem, x, y, batch, estimator, terms=terms, step=step, mu=mu,
-                    coords=coords, perturb=perturb, t=t)[0]
+                    coords=coords, perturb=perturb, t=t, difference=difference)[0]
 
 
 def estimate(problem: Objective, x: Params, y: Params, batch: Batch,
              estimator: str = "neumann", *, terms: int = 10, step: float = 0.1,
              mu: float = 1e-3, coords: int | None = None, perturb: str = "auto",
-             t: int = 0) -> Estimate:
+             t: int = 0, difference: str = "central") -> Estimate:
     """(ĥ, f(x, y)): the hypergradient and the outer loss the estimator evaluated on the way, so
     a client logs f without computing it again.
 
     ``terms`` is Q (Neumann terms / CG iterations), ``step`` the Neumann step η_N (≤ 1/L_g),
     ``mu`` the finite-difference step μ, ``coords`` the size k of the cycling coordinate block of
     ``fd`` (None: all), ``perturb`` which variable ``fd`` differences for J v ("auto": the
-    smaller), ``t`` the round that picks the block. Options an estimator does not use are ignored.
+    smaller), ``t`` the round that picks the block, ``difference`` the finite-difference scheme of
+    ``fd``/``fd-dir`` ("central": two gradients per product, O(μ²) error; "forward": one, against
+    the gradient at the point computed once, O(μ) error). Options an estimator does not use are
+    ignored.
     """
     function = lookup(ESTIMATORS, "estimator", estimator)
     _check(_is_int(terms) and terms >= 1, "terms", terms, "an integer >= 1")
@@ -90,10 +94,11 @@ def estimate(problem: Objective, x: Params, y: Params, batch: Batch,
            "None (all coordinates) or an integer >= 1")
     _check(perturb in PERTURB, "perturb", perturb, "one of " + ", ".join(PERTURB))
     _check(_is_int(t), "t", t, "an integer round number")
+    _check(difference in DIFFERENCES, "difference", difference, "one of " + ", ".join(DIFFERENCES))
     opts = Options(int(terms), float(step), float(mu), None if coords is None else int(coords),
-                   perturb, int(t))
+                   perturb, int(t), difference)
     with torch.enable_grad():
         return function(problem, x, y, batch, opts)
 
 
-__all__ = ["ESTIMATORS", "Estimate", "Options", "estimate", "hypergradient"]
+__all__ = ["DIFFERENCES", "ESTIMATORS", "PERTURB", "Estimate", "Options", "estimate", "hypergradient"]

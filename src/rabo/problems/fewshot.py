@@ -60,7 +60,8 @@ class FewShot(BilevelProblem):
     episodic = True
     defaults: ClassVar[dict[str, Any]] = {
         "rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1, "outer_lr": 0.01,
-        "terms": 10, "step": 0.1, "mu": 1e-3, "eval_every": 10, "adapt_steps": 5}
+        "terms": 10, "step": 0.1, "mu": 1e-3, "difference": "forward", "eval_every": 10,
+        "adapt_steps": 5}
     options: ClassVar[dict[str, Any]] = {
         "ways": 5, "shots": 1, "tasks": 2, "backbone": "conv4", "lam": 0.2, "source": "omniglot",
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",

@@ -29,7 +29,8 @@ class Quadratic(BilevelProblem):
     name = "quadratic"
     stackable = True
     defaults: ClassVar[dict[str, Any]] = {"rounds": 400, "inner_steps": 5, "inner_lr": 0.4, "outer_steps": 1,
-                "outer_lr": 0.5, "terms": 20, "step": 0.45, "mu": 1e-3, "eval_every": 50}
+                "outer_lr": 0.5, "terms": 20, "step": 0.45, "mu": 1e-3, "difference": "forward",
+                "eval_every": 50}
     options: ClassVar[dict[str, Any]] = {"dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0,
                "dtype": "float64"}
 
