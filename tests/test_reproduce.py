@@ -108,3 +108,15 @@ def test_unknown_setting_and_fewshot_options_on_fig6_are_config_errors(tmp_path,
     assert "unknown few-shot setting '7w1s'" in capsys.readouterr().err
     assert main(["reproduce", "fig6", "--settings", "5w1s", "--out", out, "--quiet"]) == 2
     assert "fig6 takes neither --settings nor --config" in capsys.readouterr().err
+
+
+def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):
+    from rabo.config import RunConfig
+    from rabo.reproduce import run_grid
+
+    configs = {"bad": RunConfig(method="rabo", rounds=4, outer_lr=1000.0, eval_every=2),
+               "good": RunConfig(method="rabo", rounds=2, eval_every=2)}
+    paths = run_grid(configs, tmp_path, progress=False)
+    assert "bad: round 2: every client's update was NaN or Inf" in capsys.readouterr().err
+    assert len((paths[0] / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (paths[1] / "final.safetensors").exists()

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
 from .problems import FewShot
@@ -63,12 +64,17 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) -> list[Path]:
     """Run every config into ``out/<name>`` (a finished run directory is reused, so an
-    interrupted reproduction continues where it stopped); returns the run directories."""
+    interrupted reproduction continues where it stopped); returns the run directories. A run
+    that diverges is reported on stderr and kept as far as it got (the tables' ``rounds``
+    column shows where it stopped); the others still run."""
     paths = []
     for name, config in configs.items():
         path = out / name
         if not (path / "final.safetensors").exists():
-            run(build(config), path, progress=progress)
+            try:
+                run(build(config), path, progress=progress)
+            except DivergedError as err:
+                print(f"rabo reproduce: {name}: {err}", file=sys.stderr)
         paths.append(path)
     return paths
 
