@@ -72,8 +72,10 @@ FIELD_TYPES: dict[str, type] = {
     "checkpoint_every": int, "participation": float, "fail_prob": float,
     "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
 }
-RUN_DEFAULT_KEYS = ("rounds", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "terms",
-                    "step", "mu", "eval_every", "adapt_steps")
+RUN_DEFAULTS: dict[str, Any] = {
+    "rounds": 0, "inner_steps": 0, "inner_lr": 0, "outer_steps": 0, "outer_lr": 0, "terms": 0,
+    "step": 0, "mu": 0, "eval_every": 0, "adapt_steps": 0, "difference": "central"}
+"""Run settings a problem's ``defaults`` provide, with the value where it provides none."""
 
 
 def check_device(device: str) -> None:
@@ -194,11 +196,9 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
         out.policy = method.policy
     if out.estimator is None:
         out.estimator = method.estimator
-    if out.difference is None:       # the problem's: forward only where g is smooth in y
-        out.difference = problem_defaults.get("difference", "central")
-    for key in RUN_DEFAULT_KEYS:
+    for key, fallback in RUN_DEFAULTS.items():
         if getattr(out, key) is None:
-            setattr(out, key, problem_defaults.get(key, 0))
+            setattr(out, key, problem_defaults.get(key, fallback))
     for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):

@@ -34,7 +34,8 @@ class BilevelProblem:
 
     A subclass sets ``plan`` (a :class:`ChannelPlan` over the names of x and y, restricted to the
     pruned ones), ``num_clients``, and implements ``init_params``, ``sample``, the two losses and
-    ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, …).
+    ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, the
+    finite-difference ``difference``: "forward" only where g is smooth in y, …).
     ``stackable``: the losses (and ``features``, ``inner_batch``) run under ``torch.func.vmap``
     over stacked parameters and batches, so same-shape clients can run as one
     (:mod:`rabo.stacked`); a batch is then a pytree of tensors only. ``batch_by_default``:

@@ -166,61 +166,53 @@ def batched(function: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
     return vmap(function, randomness="same")(rows)
 
 
+def forward_base(point: Point, opts: Options) -> tuple[Tensor | None, Tensor | None]:
+    """The base of every forward difference, evaluated once: g(x, y) with its graph (the base of
+    J v's differences of g) and ∇_y g(x, y) (the base of H u's differences of ∇_y g); (None,
+    None) for central differences, which need no base."""
+    if opts.difference != "forward":
+        return None, None
+    g = point.split.inner(point.feats, point.y)
+    return g, flat_grad(g, point.y.values(), retain_graph=True)
+
+
 def differences(function: Callable[[Tensor], Tensor], point: Tensor, shifts: Tensor,
-                forward: bool, at_point: Tensor | None = None) -> Tensor:
-    """Row i: function(z + s_i) − function(z − s_i) (central), or function(z + s_i) − function(z)
-    (forward: k + 1 evaluations instead of 2k, or k where ``at_point`` = function(z) is known);
-    divide by 2μ_i or μ_i, see :func:`fd_scale`."""
-    if not forward:
-        values = batched(function, torch.cat([point + shifts, point - shifts]))
-        return values[:len(shifts)] - values[len(shifts):]
+                at_point: Tensor | None = None) -> Tensor:
+    """Row i, per unit step: (function(z + s_i) − function(z − s_i)) / 2 (central), or
+    function(z + s_i) − ``at_point`` with ``at_point`` = function(z) (forward: k evaluations
+    instead of 2k); divided by μ_i it is the derivative along s_i / μ_i."""
     if at_point is not None:
         return batched(function, point + shifts) - at_point
-    values = batched(function, torch.cat([point + shifts, point[None]]))
-    return values[:-1] - values[-1:]
+    values = batched(function, torch.cat([point + shifts, point - shifts]))
+    return (values[:len(shifts)] - values[len(shifts):]) / 2
 
 
-def fd_scale(forward: bool) -> float:
-    """The divisor's factor: a central difference spans 2μ', a forward one μ'."""
-    return 1.0 if forward else 2.0
-
-
-def fd_hvp(split: Split, feats: Any, y: Params, opts: Options,
+def fd_hvp(split: Split, feats: Any, y: Params, mu: float,
            grad_at_y: Tensor | None = None) -> MatVec:
-    """u ↦ H u ≈ (∇_y g(x, y + μ'u) − ∇_y g(x, y − μ'u)) / 2μ', or with ``difference="forward"``
-    (∇_y g(x, y + μ'u) − ∇_y g(x, y)) / μ' with ∇_y g(x, y) (``grad_at_y`` where the caller has
-    it) computed once for all products: one first-order gradient per product instead of two. On
-    the fixed features (see :func:`fixed`)."""
+    """u ↦ H u ≈ (∇_y g(x, y + μ'u) − ∇_y g(x, y − μ'u)) / 2μ', or, given ``grad_at_y`` =
+    ∇_y g(x, y) (:func:`forward_base`), (∇_y g(x, y + μ'u) − ∇_y g(x, y)) / μ': one first-order
+    gradient per product instead of two. On the fixed features (see :func:`fixed`)."""
     yf = flatten(leaves(y))
     grad_y = grad(lambda v: split.inner(feats, unflatten(v, y)))
-    forward = opts.difference == "forward"
-    base = [] if grad_at_y is None else [grad_at_y]
 
     def hvp(u: Tensor) -> Tensor:
         norm = float(u.norm())
         if norm == 0.0:
             return torch.zeros_like(u)
-        step = fd_step(opts.mu, yf, norm)
-        if not forward:
-            g = batched(grad_y, torch.stack([yf + step * u, yf - step * u]))
-            return (g[0] - g[1]) / (2 * step)
-        if not base:
-            base.append(grad_y(yf))
-        return (grad_y(yf + step * u) - base[0]) / step
+        step = fd_step(mu, yf, norm)
+        return differences(grad_y, yf, (step * u)[None], grad_at_y)[0] / step
 
     return hvp
 
 
 def fd_jv_y(split: Split, feats: Any, y: Params, directions: Tensor, weights: Tensor,
-            opts: Options, at_y: Tensor | None = None) -> Tensor:
-    """The scalar s = Σ_i w_i (g(x, y + μ_i d_i) − g(x, y − μ_i d_i)) / 2μ_i (forward:
-    (g(x, y + μ_i d_i) − g(x, y)) / μ_i, with g(x, y) = ``at_y`` where the caller has it) for
-    nonzero rows d_i, whose ∇_x is the finite-difference J (Σ_i w_i d_i): the perturbed y's
-    batched by vmap on the features (differentiable in x, computed once), so ∇_x s is one
-    backward through x."""
+            mu: float, at_y: Tensor | None = None) -> Tensor:
+    """The scalar s = Σ_i w_i (g(x, y + μ_i d_i) − g(x, y − μ_i d_i)) / 2μ_i (given ``at_y`` =
+    g(x, y) from :func:`forward_base`: (g(x, y + μ_i d_i) − g(x, y)) / μ_i) for nonzero rows d_i,
+    whose ∇_x is the finite-difference J (Σ_i w_i d_i): the perturbed y's batched by vmap on the
+    features (differentiable in x, computed once), so ∇_x s is one backward through x."""
     yf = flatten(leaves(y))
-    steps = fd_step(opts.mu, yf, directions.norm(dim=1))
-    forward = opts.difference == "forward"
+    steps = fd_step(mu, yf, directions.norm(dim=1))
     diffs = differences(lambda v: split.inner(feats, unflatten(v, y)), yf,
-                        steps[:, None] * directions, forward, at_y)
-    return (weights * diffs / (fd_scale(forward) * steps)).sum()
+                        steps[:, None] * directions, at_y)
+    return (weights * diffs / steps).sum()

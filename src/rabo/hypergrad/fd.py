@@ -18,10 +18,10 @@ from ._common import (
     differences,
     fd_hvp,
     fd_jv_y,
-    fd_scale,
     fd_step,
     fixed,
     flatten,
+    forward_base,
     implicit,
     leaves,
     start,
@@ -39,18 +39,18 @@ def coordinate_block(n: int, coords: int | None, t: int,
     return (t * k + torch.arange(k, device=device)) % n, n / k
 
 
-def jvp_x_coords(split: Split, x: Params, y: Params, v: Tensor, block: Tensor,
-                 opts: Options) -> Tensor:
+def jvp_x_coords(split: Split, x: Params, y: Params, v: Tensor, block: Tensor, mu: float,
+                 grad_at_y: Tensor | None = None) -> Tensor:
     """[J v]_c = ⟨(∇_y g(x + μ'e_c, y) − ∇_y g(x − μ'e_c, y)) / 2μ', v⟩ for c in the block (zero
-    elsewhere; forward: against ∇_y g(x, y)): the paper's vector-vector form, the perturbed x's
-    batched by vmap (each recomputes x's features: they depend on the perturbed variable)."""
+    elsewhere; forward: against ``grad_at_y`` = ∇_y g(x, y)): the paper's vector-vector form,
+    the perturbed x's batched by vmap (each recomputes x's features: they depend on the
+    perturbed variable)."""
     xf, yf = flatten(leaves(x)), flatten(leaves(y))
-    step = fd_step(opts.mu, xf, 1.0)
-    forward = opts.difference == "forward"
+    step = fd_step(mu, xf, 1.0)
     diffs = differences(lambda row: grad(lambda w: split.inner(split.features(unflatten(row, x)),
                                                                unflatten(w, y)))(yf),
-                        xf, step * one_hot(block, len(xf)).to(xf), forward)
-    return torch.zeros_like(xf).index_put_((block,), diffs @ v / (fd_scale(forward) * step))
+                        xf, step * one_hot(block, len(xf)).to(xf), grad_at_y)
+    return torch.zeros_like(xf).index_put_((block,), diffs @ v / step)
 
 
 def fd(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
@@ -62,11 +62,13 @@ def fd(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) ->
     side = opts.perturb if opts.perturb != "auto" else ("x" if numel(x) < numel(y) else "y")
     split = Split.plain(problem, batch) if side == "x" else Split.of(problem, batch)
     p = start(split, x, y)
-    v = neumann_solve(fd_hvp(split, fixed(p.feats), y, opts), p.grad_y_f, opts.terms, opts.step)
+    g, grad_y_g = forward_base(p, opts)
+    v = neumann_solve(fd_hvp(split, fixed(p.feats), y, opts.mu, grad_y_g), p.grad_y_f,
+                      opts.terms, opts.step)
     n = numel(x) if side == "x" else numel(y)
     block, weight = coordinate_block(n, opts.coords, opts.t, v.device)
     if side == "x":  # ∇_x ⟨x, J v⟩ = J v, with J v fixed
-        jv = jvp_x_coords(split, x, y, v, block, opts)
+        jv = jvp_x_coords(split, x, y, v, block, opts.mu, grad_y_g)
         return implicit(x, p, flatten(p.x) @ (weight * jv))
-    jv_scalar = fd_jv_y(split, p.feats, y, one_hot(block, n).to(v), v[block], opts)
+    jv_scalar = fd_jv_y(split, p.feats, y, one_hot(block, n).to(v), v[block], opts.mu, g)
     return implicit(x, p, weight * jv_scalar)

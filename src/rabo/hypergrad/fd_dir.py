@@ -17,7 +17,7 @@ from ._common import (
     fd_hvp,
     fd_jv_y,
     fixed,
-    flat_grad,
+    forward_base,
     implicit,
     start,
 )
@@ -30,12 +30,9 @@ def fd_dir(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options
     ∇_y is the base of every H u and its value the base of J v."""
     split = Split.of(problem, batch)
     p = start(split, x, y)
-    g, grad_y_g = None, None
-    if opts.difference == "forward":
-        g = split.inner(p.feats, p.y)
-        grad_y_g = flat_grad(g, p.y.values(), retain_graph=True)
-    hvp = fd_hvp(split, fixed(p.feats), y, opts, grad_y_g)
-    v = neumann_solve(hvp, p.grad_y_f, opts.terms, opts.step)
+    g, grad_y_g = forward_base(p, opts)
+    v = neumann_solve(fd_hvp(split, fixed(p.feats), y, opts.mu, grad_y_g), p.grad_y_f,
+                      opts.terms, opts.step)
     if not torch.any(v):  # no direction to difference along: J v = 0
         return implicit(x, p)
-    return implicit(x, p, fd_jv_y(split, p.feats, y, v[None], v.new_ones(1), opts, g))
+    return implicit(x, p, fd_jv_y(split, p.feats, y, v[None], v.new_ones(1), opts.mu, g))
