@@ -80,6 +80,8 @@ def test_bench_command_writes_json(tmp_path, monkeypatch, capsys):
             assert s["peak_rss_mib"] > 0 and 0 < s["roofline_fraction"]
         assert row["speedup"] == pytest.approx(row["naive"]["seconds_per_round"]
                                                / row["simulator"]["seconds_per_round"])
+        assert row["flop_ratio"] == pytest.approx(row["naive"]["flops_per_round"]
+                                                  / row["simulator"]["flops_per_round"])
     checks = report["checks"]
     assert checks["same_params"] is True and "quadratic_growth_exponent" in checks
     assert checks["quadratic_rss_under_4gib"] is True

@@ -145,6 +145,31 @@ def test_split_by_alphabet_names(data):
 
 
 @needs_data
+def test_validation_split_holds_out_the_last_fifth_of_the_training_alphabets(data):
+    split = split_alphabets(data, validate=True)
+    assert split.train_alphabets == SMALL_TRAIN[:4] and split.test_alphabets == ("Latin",)
+    assert len(split.train_classes) == (24 + 22 + 24 + 40) * 4
+    assert len(split.test_classes) == 26 * 4
+    assert not set(split.test_alphabets) & set(SMALL_TEST)  # never a test alphabet
+    with pytest.raises(ConfigError, match="validate needs at least 2 training alphabets"):
+        split_alphabets(data, train=["Greek"], validate=True)
+
+
+@needs_data
+def test_fewshot_validate_trains_and_evaluates_inside_the_training_alphabets(cache_dir):
+    from rabo.problems import FewShot
+
+    problem = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), validate=True, cache_dir=str(cache_dir))
+    assert problem.split.test_alphabets == ("Latin",)
+    assert np.array_equal(np.sort(np.concatenate(problem.shards)), problem.split.train_classes)
+    config = problem.config()  # the split is resolved: a rebuild from it holds out nothing more
+    assert (config["test_alphabets"], config["validate"]) == ("Latin", False)
+    again = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), cache_dir=str(cache_dir),
+                    **{k: config[k] for k in ("train_alphabets", "test_alphabets", "validate")})
+    assert again.split.train_alphabets == problem.split.train_alphabets
+
+
+@needs_data
 def test_unknown_alphabet_lists_the_available_ones(data):
     with pytest.raises(UnknownNameError, match=r"unknown alphabet 'Klingon'; allowed: .*Tagalog"):
         split_alphabets(data, train=["Greek", "Klingon"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rabo.cli import main
+from rabo.errors import UnknownNameError
 from rabo.reproduce import FEWSHOT_METHODS, FIG6_METHODS
 
 DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -120,3 +121,27 @@ def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):
     assert "bad: round 2: every client's update was NaN or Inf" in capsys.readouterr().err
     assert len((paths[0] / "metrics.jsonl").read_text().splitlines()) == 2
     assert (paths[1] / "final.safetensors").exists()
+
+
+def test_config_file_method_tables_override_the_base_for_that_method_only(tmp_path):
+    from rabo.reproduce import fewshot_base, setting
+
+    config = tmp_path / "fewshot.toml"
+    config.write_text('outer_lr = 0.01\n[problem_options]\ntasks = 3\n'
+                      '[method.maml]\nouter_lr = 0.002\n'
+                      '[method.maml.problem_options]\nmaml_lr = 0.1\n')
+    base, own = fewshot_base(DATA + "/omniglot", False, 0, config, validate=True)
+    maml = setting(base, "5w5s", own, method="maml")
+    rabo = setting(base, "5w5s", own, method="rabo")
+    assert (maml.outer_lr, maml.problem_options["maml_lr"]) == (0.002, 0.1)
+    assert rabo.outer_lr == 0.01 and "maml_lr" not in rabo.problem_options
+    assert maml.problem_options["tasks"] == rabo.problem_options["tasks"] == 3
+    assert maml.problem_options["validate"] is True and maml.problem_options["shots"] == 5
+    config.write_text("[method.mamal]\nouter_lr = 0.1\n")
+    with pytest.raises(UnknownNameError, match="'mamal'; allowed: fedmbo"):
+        fewshot_base(None, False, 0, config)
+
+
+def test_validate_is_refused_by_fig6(tmp_path, capsys):
+    assert main(["reproduce", "fig6", "--validate", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--validate is for the few-shot experiments" in capsys.readouterr().err

@@ -120,6 +120,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the same pipeline at a size that finishes in minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--validate", action="store_true",
+                   help="few-shot: evaluate on held-out training alphabets (the last fifth of "
+                        "them) instead of the test alphabets; for tuning configs/fewshot.toml")
     p.add_argument("--settings", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
                    help="few-shot: comma-separated settings to run, e.g. 5w1s,20w5s "
                         "(default: the experiment's)")
@@ -262,10 +265,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import EXPERIMENTS
 
-    out = args.out or Path("runs") / f"reproduce-{args.experiment}"
+    out = args.out or Path("runs") / ("reproduce-" + args.experiment
+                                      + ("-validate" if args.validate else ""))
     files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                          seed=args.seed, progress=not args.quiet,
-                                         settings=args.settings, config=args.config)
+                                         settings=args.settings, config=args.config,
+                                         validate=args.validate)
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 

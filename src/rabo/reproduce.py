@@ -55,6 +55,7 @@ FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "f
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FEWSHOT_OPTIONS = {k: type(v) for k, v in FewShot.options.items()}
 QUICK_FEWSHOT = {"rounds": 2, "eval_every": 1, "problem.tasks": 1, "problem.eval_episodes": 10,
                  "problem.final_episodes": 20}
 # C_x experiment (fig4 b): 10 clients, each keeps half of every layer's channels
@@ -122,8 +123,11 @@ def write_table(rows: list[dict[str, Any]], columns: list[str], out: Path, stem:
 
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None) -> list[Path]:
+         config: Path | None = None, validate: bool = False) -> list[Path]:
     """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data."""
+    if validate:
+        raise ConfigError("--validate is for the few-shot experiments (table2, table3, fig4); "
+                          "fig6's step sizes were chosen on the clients' validation splits")
     if settings or config:
         raise ConfigError("fig6 takes neither --settings nor --config")
     base = RunConfig(problem="losstuning", clients=10, capacities=[0.5], seed=seed,
@@ -144,30 +148,44 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
 
 
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
-def fewshot_base(data_dir: str | None, quick: bool, seed: int,
-                 config: Path | None) -> RunConfig:
+def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | None,
+                 validate: bool = False) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
     """10 clients at the paper's capacities, then the config file (default
-    ``configs/fewshot.toml``), then the quick overrides."""
+    ``configs/fewshot.toml``), then the quick overrides; with ``validate``, evaluation on
+    held-out training alphabets (for tuning). Returns the base config and the file's
+    per-method settings (its ``[method.NAME]`` tables)."""
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
-    options = {k: type(v) for k, v in FewShot.options.items()}
     path = config or CONFIGS / "fewshot.toml"
-    if config is not None or path.exists():
-        apply(base, load_toml(path), options)
+    values = load_toml(path) if config is not None or path.exists() else {}
+    per_method = values.pop("method", {})
+    for name, table in per_method.items():
+        if name not in FEWSHOT_METHODS or not isinstance(table, dict):
+            raise UnknownNameError(f"[method.NAME] table of {path}:", name, FEWSHOT_METHODS)
+    apply(base, values, FEWSHOT_OPTIONS)
     if quick:
-        apply(base, QUICK_FEWSHOT, options)
+        apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)
+    if validate:
+        base.problem_options["validate"] = True
     base.seed = seed
     base.data_dir = data_dir or base.data_dir
-    return base
+    return base, per_method
 
 
-def setting(base: RunConfig, name: str, **changes: Any) -> RunConfig:
-    """``base`` in setting ``name`` ("5w1s": 5-way 1-shot), with other fields changed."""
+def setting(base: RunConfig, name: str, per_method: dict[str, dict[str, Any]] | None = None,
+            **changes: Any) -> RunConfig:
+    """``base`` in setting ``name`` ("5w1s": 5-way 1-shot), with other fields changed, then the
+    method's own settings from ``per_method`` (the config file's ``[method.NAME]`` tables)."""
     if name not in SETTINGS:
         raise UnknownNameError("few-shot setting", name, SETTINGS)
     ways, shots = SETTINGS[name]
-    return dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
-                                                      "shots": shots}, **changes)
+    changes = {"policy_options": dict(base.policy_options), **changes}
+    config = dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
+                                                        "shots": shots}, **changes)
+    own = (per_method or {}).get(config.method or "", {})
+    if own:
+        apply(config, own, FEWSHOT_OPTIONS)
+    return config
 
 
 def accuracy_cell(row: dict[str, Any]) -> str:
@@ -204,20 +222,20 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
 
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None) -> list[Path]:
+           config: Path | None = None, validate: bool = False) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
-    base = fewshot_base(data_dir, quick, seed, config)
-    grid = {s: {m: setting(base, s, method=m) for m in FEWSHOT_METHODS}
+    base, own = fewshot_base(data_dir, quick, seed, config, validate)
+    grid = {s: {m: setting(base, s, own, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
     return fewshot_table(out, "table2", grid, "method", progress)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None) -> list[Path]:
+           config: Path | None = None, validate: bool = False) -> list[Path]:
     """Table III: RABO and RAFBO as the number of clients grows (capacities spread evenly)."""
-    base = fewshot_base(data_dir, quick, seed, config)
-    grid = {s: {f"{m}-M{n}": setting(base, s, method=m, clients=n)
+    base, own = fewshot_base(data_dir, quick, seed, config, validate)
+    grid = {s: {f"{m}-M{n}": setting(base, s, own, method=m, clients=n)
                 for m in ("rabo", "rafbo") for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
     return fewshot_table(out, "table3", grid, "run", progress)
@@ -225,14 +243,14 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None) -> list[Path]:
+         config: Path | None = None, validate: bool = False) -> list[Path]:
     """Fig. 4: (a) computation and communication of RABO and RAFBO relative to FedMBO;
     (b) accuracy against rounds with C_x = 1 versus C_x = 5 at half width for every client."""
-    base = fewshot_base(data_dir, quick, seed, config)
+    base, own = fewshot_base(data_dir, quick, seed, config, validate)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for s in settings or ("5w1s",):
-        paths = run_grid({f"{s}/{m}": setting(base, s, method=m)
+        paths = run_grid({f"{s}/{m}": setting(base, s, own, method=m)
                           for m in ("fedmbo", "rabo", "rafbo")}, out, progress)
         rows = [r | {"setting": s} for r in cost_table(paths)]
         files.append(out / f"fig4_cost_{s}.png")
@@ -241,7 +259,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
         files += write_table(rows, ["setting", "method", "flops_ratio", "bytes_ratio", "gflops",
                                     "mb", "final_accuracy", "accuracy_ci95"],
                              out, f"fig4_cost_{s}")
-        paths = run_grid({f"{s}/{name}": setting(base, s, method="rabo", capacities=[0.5],
+        paths = run_grid({f"{s}/{name}": setting(base, s, own, method="rabo", capacities=[0.5],
                                                  policy="segments",
                                                  policy_options={"segments": segments})
                           for name, segments in CX_SEGMENTS.items()}, out, progress)

@@ -210,6 +210,8 @@ def measure(workload: Workload, rounds: int = 3, warmup: int = 1, device: str = 
             "capacities": exp.config.capacities, "rounds": rounds, "warmup": warmup,
             "simulator": sim_s, "naive": naive_s,
             "speedup": naive_s["seconds_per_round"] / sim_s["seconds_per_round"],
+            "flop_ratio": naive_s["flops_per_round"] / sim_s["flops_per_round"]
+            if sim_s["flops_per_round"] else math.nan,
             "max_param_diff": diff, "same_params": diff <= TOLERANCE,
             "rss_reset": sim["peak_rss_since_reset"]}
 
@@ -324,7 +326,7 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one row per workload, and its checks."""
     roof = report["roofline"]["flops_per_s"]
     columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
-               "sim GFLOP/s", "% of roofline", "naive GFLOP/s", "peak RSS MiB sim / naive",
+               "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s", "peak RSS MiB sim / naive",
                "max diff", "same params")
     machine = report["machine"]
     lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
@@ -339,7 +341,7 @@ def format_table(report: dict[str, Any]) -> str:
         sim, naive = r["simulator"], r["naive"]
         lines.append(
             f"| {r['workload']} | {r['clients']} | {sim['seconds_per_round']:.4f} | "
-            f"{naive['seconds_per_round']:.4f} | {r['speedup']:.2f}× | "
+            f"{naive['seconds_per_round']:.4f} | {r['speedup']:.2f}× | {r['flop_ratio']:.3f} | "
             f"{sim['flops_per_s'] / 1e9:.3f} | {100 * sim['roofline_fraction']:.2f} % | "
             f"{naive['flops_per_s'] / 1e9:.3f} | {sim['peak_rss_mib']:.0f} / "
             f"{naive['peak_rss_mib']:.0f} | {r['max_param_diff']:.2e} | "

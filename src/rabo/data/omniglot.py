@@ -340,12 +340,14 @@ def _names(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 def split_alphabets(data: OmniglotData, train: str | Iterable[str] | None = None,
                     test: str | Iterable[str] | None = None,
-                    rotations: bool = True) -> OmniglotSplit:
+                    rotations: bool = True, validate: bool = False) -> OmniglotSplit:
     """Split alphabets into train and test (names or a comma-separated string).
 
     Defaults: with the full data, background (30 alphabets) / evaluation (20); otherwise the
     offline subset's ``SMALL_TRAIN`` / ``SMALL_TEST``. Given one side only, the other is every
     remaining alphabet. With ``rotations`` each character gives 4 classes (0/90/180/270°).
+    ``validate``: the split for tuning, which never sees a test alphabet: the last
+    max(1, ⌊n/5⌋) of the n training alphabets are held out and take the test alphabets' place.
     """
     train_names, test_names = _names(train), _names(test)
     if train_names is None and test_names is None:
@@ -370,6 +372,12 @@ def split_alphabets(data: OmniglotData, train: str | Iterable[str] | None = None
         if not names:
             raise ConfigError(f"no {side} alphabets; allowed: at least one of "
                               f"{', '.join(data.alphabets)}")
+    if validate:
+        if len(train_names) < 2:
+            raise ConfigError(f"validate needs at least 2 training alphabets to hold one out, "
+                              f"got {', '.join(train_names)}")
+        held = max(1, len(train_names) // 5)
+        train_names, test_names = train_names[:-held], train_names[-held:]
     return OmniglotSplit(train_names, test_names, class_ids(data, train_names, rotations),
                          class_ids(data, test_names, rotations))
 

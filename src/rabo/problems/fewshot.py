@@ -6,7 +6,8 @@ f = CE(head_y(φ_x(Q))). Each client's meta-batch holds several N-way K-shot tas
 share one channel plan, so the head's input columns follow the backbone's kept channels.
 
 Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabets split into
-train and test, rotations as new classes, training characters sharded over the clients) or
+train and test, rotations as new classes, training characters sharded over the clients;
+``validate`` evaluates on held-out training alphabets instead, for tuning) or
 ``synthetic`` (random images of the right shapes, for cost accounting; no accuracy).
 Evaluation: frozen global backbone, a head fitted on each test episode's support set, mean
 query accuracy with a 95 % interval; ``eval_episodes`` on evaluation rounds, ``final_episodes``
@@ -66,7 +67,7 @@ class FewShot(BilevelProblem):
         "ways": 5, "shots": 1, "tasks": 2, "backbone": "conv4", "lam": 0.2, "source": "omniglot",
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.5,
-        "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4}
+        "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4, "validate": False}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:
@@ -103,9 +104,11 @@ class FewShot(BilevelProblem):
                                 "images_background_small1/2(.zip)")
             self.omniglot = load_omniglot(data_dir, opts["cache_dir"] or None, quiet=True)
             self.split = split_alphabets(self.omniglot, opts["train_alphabets"] or None,
-                                         opts["test_alphabets"] or None)
+                                         opts["test_alphabets"] or None,
+                                         validate=bool(opts["validate"]))
             opts["train_alphabets"] = ",".join(self.split.train_alphabets)
             opts["test_alphabets"] = ",".join(self.split.test_alphabets)
+            opts["validate"] = False  # resolved into the alphabet lists: a rebuild keeps them
             self.shards = shard_classes(self.split.train_classes, clients, self.ways,
                                         np.random.default_rng([seed, 0x0A1]))
 
