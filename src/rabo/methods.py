@@ -45,10 +45,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "(logits −‖φ(q) − c_k‖², c_k the class's mean support feature); no head, y empty, "
            "so the inner phase is a no-op", {"head": "prototype"}, ("fewshot",)),
     Method("maml", "full", "first-order",
-           "distributed first-order MAML: head and backbone together are x (y empty); f is the "
-           "query loss at x adapted `maml_steps` steps of `maml_lr` on the support loss with "
-           "the adaptation's Jacobian dropped, so the first-order ĥ is the FO-MAML gradient; "
-           "FedAvg", {"head": "meta"}, ("fewshot",)),
+           "distributed first-order MAML: the backbone is x (y empty); f is the query loss "
+           "after `maml_steps` steps of `maml_lr` on the support loss of backbone and a "
+           "zero-started head, with the adaptation's Jacobian dropped, so the first-order ĥ is "
+           "the FO-MAML gradient; FedAvg", {"head": "meta"}, ("fewshot",)),
 ]}
 
 
