@@ -123,6 +123,23 @@ def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):
     assert (paths[1] / "final.safetensors").exists()
 
 
+def test_a_finished_run_with_another_config_is_not_reused(tmp_path, capsys):
+    from rabo.config import RunConfig
+    from rabo.errors import ConfigError
+    from rabo.reproduce import run_grid
+
+    config = RunConfig(method="rabo", rounds=2, eval_every=2)
+    (path,) = run_grid({"r": config}, tmp_path, progress=False)
+    before = (path / "metrics.jsonl").read_text()
+    # the same config, other threads: reused (runtime-only fields do not change results)
+    run_grid({"r": RunConfig(method="rabo", rounds=2, eval_every=2, threads=1)}, tmp_path,
+             progress=False)
+    with pytest.raises(ConfigError, match=r"holds a finished run with outer_lr=2\.0, not 0\.2"):
+        run_grid({"r": RunConfig(method="rabo", rounds=2, eval_every=2, outer_lr=0.2)}, tmp_path,
+                 progress=False)
+    assert (path / "metrics.jsonl").read_text() == before  # nothing lost
+
+
 def test_config_file_method_tables_override_the_base_for_that_method_only(tmp_path):
     from rabo.reproduce import fewshot_base, setting
 

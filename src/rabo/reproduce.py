@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,32 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) ->
     paths = []
     for name, config in configs.items():
         path = out / name
-        if not (path / "final.safetensors").exists():
+        exp = build(config)
+        if (path / "final.safetensors").exists():
+            _check_reusable(path, exp.config)
+        else:
             try:
-                run(build(config), path, progress=progress)
+                run(exp, path, progress=progress)
             except DivergedError as err:
                 print(f"rabo reproduce: {name}: {err}", file=sys.stderr)
         paths.append(path)
     return paths
+
+
+# fields that change how fast a run goes, not its results
+RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
+
+
+def _check_reusable(path: Path, config: RunConfig) -> None:
+    """A finished run is reused only if it ran with ``config`` (up to :data:`RUNTIME_FIELDS`),
+    so a changed config file never silently reuses results of the old one."""
+    saved = json.loads((path / "config.json").read_text())
+    now = json.loads(json.dumps(config.to_dict()))
+    for key in sorted(set(now) - set(RUNTIME_FIELDS)):
+        if saved.get(key) != now[key]:
+            raise ConfigError(f"{path} holds a finished run with {key}={saved.get(key)!r}, "
+                              f"not {now[key]!r}: use another --out, or delete that directory "
+                              f"to rerun it")
 
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
