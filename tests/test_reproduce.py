@@ -162,3 +162,16 @@ def test_config_file_method_tables_override_the_base_for_that_method_only(tmp_pa
 def test_validate_is_refused_by_fig6(tmp_path, capsys):
     assert main(["reproduce", "fig6", "--validate", "--out", str(tmp_path), "--quiet"]) == 2
     assert "--validate is for the few-shot experiments" in capsys.readouterr().err
+
+
+def test_reproduce_threads(tmp_path, capsys, monkeypatch):
+    import torch
+
+    out = str(tmp_path / "out")
+    assert main(["reproduce", "fig6", "--quick", "--threads", "0", "--out", out]) == 2
+    assert "--threads 0 must be an integer ≥ 1" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    monkeypatch.setattr("rabo.reproduce.EXPERIMENTS", {"fig6": lambda *a, **k: []})
+    assert main(["reproduce", "fig6", "--threads", "1", "--out", out]) == 0
+    assert seen == [1]

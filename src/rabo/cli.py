@@ -128,6 +128,8 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the experiment's)")
     p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: "
                    "configs/fewshot.toml of the source tree)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
+                   "config file's `threads` wins)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -265,6 +267,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import EXPERIMENTS
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads} must be an integer ≥ 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / ("reproduce-" + args.experiment
                                       + ("-validate" if args.validate else ""))
     files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
