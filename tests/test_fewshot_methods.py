@@ -56,6 +56,33 @@ def test_evaluation_head_fit_lowers_the_support_loss(shots):
     assert start == pytest.approx(math.log(5), rel=1e-5) and end < 0.75 * start
 
 
+def test_default_neumann_step_is_stable_on_trained_feature_scales():
+    """Regression: η_N = 0.1 made the Neumann series diverge once trained Conv-4 features
+    reached ‖φ‖ ≈ 12–13 (λ_max(∇²_yy g) 21–25 measured on training tasks), which collapsed RABO
+    at 5w5s. Here: non-negative features of norm 13, 5w5s; every Neumann term must shrink."""
+    from rabo.hypergrad.solvers import neumann_solve
+
+    problem = synthetic(ways=5, shots=5)
+    _, y = problem.init_params(0)
+    torch.manual_seed(0)
+    feats = torch.relu(torch.randn(25, problem.backbone.out_features) + 1.2)
+    feats = 13 * feats / feats.norm(dim=1, keepdim=True)
+    task = {"support_labels": torch.arange(5).repeat_interleave(5)}
+    sizes = [v.numel() for v in y.values()]
+
+    def g(flat):
+        parts = dict(zip(y, (p.view(v.shape) for p, v in zip(flat.split(sizes), y.values()))))
+        return problem.inner_loss_from((feats, None), parts, task)
+
+    hessian = torch.autograd.functional.hessian(g, torch.cat([v.flatten() for v in y.values()]))
+    lam = float(torch.linalg.eigvalsh(hessian)[-1])
+    step, terms = FewShot.defaults["step"], FewShot.defaults["terms"]
+    assert 20 < lam < 30 and step * lam < 1  # 0.1 · λ > 2: divergent
+    b = torch.randn(len(hessian))
+    v = neumann_solve(lambda u: hessian @ u, b, terms, step)
+    assert float(v.norm()) <= step * terms * float(b.norm())
+
+
 def test_first_order_gradient_of_meta_is_the_fomaml_update_from_a_zero_head():
     torch.manual_seed(0)
     problem = synthetic(head="meta", ways=2, shots=1, maml_steps=2, maml_lr=0.3)
