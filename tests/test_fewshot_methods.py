@@ -57,9 +57,9 @@ def test_evaluation_head_fit_lowers_the_support_loss(shots):
 
 
 def test_default_neumann_step_is_stable_on_trained_feature_scales():
-    """Regression: η_N = 0.1 made the Neumann series diverge once trained Conv-4 features
-    reached ‖φ‖ ≈ 12–13 (λ_max(∇²_yy g) 21–25 measured on training tasks), which collapsed RABO
-    at 5w5s. Here: non-negative features of norm 13, 5w5s; every Neumann term must shrink."""
+    """Regression: at η_N = 0.1 the Neumann series diverges once trained Conv-4 features reach
+    ‖φ‖ ≈ 12–13 (λ_max(∇²_yy g) 21–25 measured on training tasks). Here: non-negative features
+    of norm 13, 5w5s; every Neumann term must shrink."""
     from rabo.hypergrad.solvers import neumann_solve
 
     problem = synthetic(ways=5, shots=5)
