@@ -202,9 +202,7 @@ def setting(base: RunConfig, name: str, per_method: dict[str, dict[str, Any]] | 
     changes = {"policy_options": dict(base.policy_options), **changes}
     config = dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
                                                         "shots": shots}, **changes)
-    own = (per_method or {}).get(config.method or "", {})
-    if own:
-        apply(config, own, FEWSHOT_OPTIONS)
+    apply(config, (per_method or {}).get(config.method or "", {}), FEWSHOT_OPTIONS)
     return config
 
 

@@ -326,8 +326,8 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one row per workload, and its checks."""
     roof = report["roofline"]["flops_per_s"]
     columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
-               "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s", "peak RSS MiB sim / naive",
-               "max diff", "same params")
+               "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s",
+               "peak RSS MiB sim / naive", "max diff", "same params")
     machine = report["machine"]
     lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
               f"{report['roofline']['device']} ({machine['cpu']}, {machine['torch_threads']} "
