@@ -47,6 +47,29 @@ def test_config_file_and_set_precedence(tmp_path):
     assert config["rounds"] == 2 and config["problem_options"]["dim"] == 6
 
 
+def test_config_file_method_table_applies_to_its_method_only(tmp_path):
+    """Regression: a config with ``[method.NAME]`` tables (configs/fewshot.toml) was refused by
+    ``rabo run --config`` ("method={...} is not of type str")."""
+    from rabo.cli import config_from_args, make_parser
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('problem = "quadratic"\nouter_lr = 0.5\n[method.fedmbo]\nouter_lr = 0.1\n'
+                   '[method.fedmbo.problem_options]\ndim = 7\n')
+
+    def config(*argv):
+        return config_from_args(make_parser().parse_args(["run", "--config", str(cfg), *argv]))
+
+    fedmbo, rabo = config("--method", "fedmbo"), config("--method", "rabo")
+    assert (fedmbo.outer_lr, fedmbo.problem_options) == (0.1, {"dim": 7})
+    assert (rabo.outer_lr, rabo.problem_options) == (0.5, {})
+    assert config("--method", "fedmbo", "--set", "outer_lr=0.2").outer_lr == 0.2  # --set wins
+    shipped = config_from_args(make_parser().parse_args(
+        ["run", "--config", "configs/fewshot.toml", "--method", "protonet"]))
+    assert (shipped.problem, shipped.outer_lr) == ("fewshot", 0.01)
+    cfg.write_text('[method.fedmbbo]\nouter_lr = 0.1\n')
+    assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
+
+
 def test_malformed_toml_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("rounds = = 3\n")

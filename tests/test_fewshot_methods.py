@@ -90,10 +90,11 @@ def test_first_order_gradient_of_meta_is_the_fomaml_update_from_a_zero_head():
     assert y == {} and not any(n.startswith("head.") for n in x)  # the head is per task
     task = synthetic_task(np.random.default_rng(1), 2, 1, 3, 28)
 
-    def loss(params, images, labels):  # by hand: Conv-4 then the linear head
+    def loss(params, images, labels):  # by hand: Conv-4, features to RMS 1.5, the head
         feats = functional_call(problem.backbone, {n.removeprefix("backbone."): p for n, p in
                                                    params.items() if n.startswith("backbone.")},
                                 (images,)).flatten(1)
+        feats = 1.5 * feats / feats.pow(2).mean(1, keepdim=True).sqrt()
         return F.cross_entropy(F.linear(feats, params["head.weight"], params["head.bias"]), labels)
 
     d = problem.backbone.out_features
@@ -160,3 +161,49 @@ def test_head_options_that_contradict_the_method_or_estimator_are_config_errors(
 def test_cost_report_lists_only_methods_defined_on_the_problem():
     methods = [r["method"] for r in measure(RunConfig(problem="quadratic", clients=5))]
     assert "rabo" in methods and "protonet" not in methods and "maml" not in methods
+
+
+def _head_curvature(problem, x, y, task):
+    """λ_max(∇²_yy g) at y, from the exact Hessian."""
+    sizes = [v.numel() for v in y.values()]
+    with torch.no_grad():
+        feats = problem.features(x, task)
+
+    def g(flat):
+        parts = dict(zip(y, (p.view(v.shape) for p, v in zip(flat.split(sizes), y.values()))))
+        return problem.inner_loss_from(feats, parts, task)
+
+    hessian = torch.autograd.functional.hessian(g, torch.cat([v.flatten() for v in y.values()]))
+    return float(torch.linalg.eigvalsh(hessian)[-1])
+
+
+@pytest.mark.parametrize("rms", [1.0, 0.0])
+def test_feature_rms_bounds_the_head_curvature_whatever_the_backbone_scale(rms):
+    """Regression for the few-shot collapse: a trained backbone's last BN gain grew, and with it
+    ‖φ‖² and λ_max(∇²_yy g), until the fixed head steps diverged. Scaling the last BN's weight
+    and bias by 5 scales φ by 5 (ReLU and max-pool are positively homogeneous): λ_max grows
+    ~25-fold without ``feature_rms`` and not at all with it, within ½(d·rms² + 1) + λ."""
+    problem = synthetic(ways=5, shots=5, feature_rms=rms)
+    x, y = problem.init_params(0)
+    task = synthetic_task(np.random.default_rng(0), 5, 5, 15, 28)
+    grown = {n: p * 5 if n.startswith("backbone.blocks.3.bn.") else p for n, p in x.items()}
+    before, after = _head_curvature(problem, x, y, task), _head_curvature(problem, grown, y, task)
+    if rms:
+        d, lam = problem.backbone.out_features, float(problem.opts["lam"])
+        assert after == pytest.approx(before, rel=1e-4) and after <= 0.5 * (d + 1) + lam
+        assert 0.1 * after < 2  # the default head step η_y = 0.1 stays stable
+    else:
+        assert after > 20 * before  # the bias column does not grow with φ
+
+
+def test_rms_scaled_rows_have_the_target_rms_and_zero_rows_stay_zero():
+    from rabo.models import rms_scaled
+
+    feats = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, -1.0]])
+    out = rms_scaled(feats, 2.0)
+    torch.testing.assert_close(out[0], torch.tensor([3.0, 4.0]) * 2 / math.sqrt(12.5))
+    torch.testing.assert_close(out[1], torch.zeros(2))
+    torch.testing.assert_close(out[2], torch.tensor([2.0, -2.0]))
+    assert rms_scaled(feats, 0.0) is feats
+    with pytest.raises(ConfigError, match="feature_rms=-1.0 must be a number ≥ 0"):
+        synthetic(feature_rms=-1.0)

@@ -155,7 +155,7 @@ def test_config_file_method_tables_override_the_base_for_that_method_only(tmp_pa
     assert maml.problem_options["tasks"] == rabo.problem_options["tasks"] == 3
     assert maml.problem_options["validate"] is True and maml.problem_options["shots"] == 5
     config.write_text("[method.mamal]\nouter_lr = 0.1\n")
-    with pytest.raises(UnknownNameError, match="'mamal'; allowed: fedmbo"):
+    with pytest.raises(UnknownNameError, match="'mamal'; allowed: fedavg, fedmbo"):
         fewshot_base(None, False, 0, config)
 
 

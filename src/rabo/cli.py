@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import checkpoint
-from .config import RunConfig, apply, load_toml, parse_sets, parse_value
+from .config import RunConfig, apply, load_toml, method_tables, parse_sets, parse_value
 from .errors import ConfigError, DataError, RaboError
 from .experiment import Experiment, build
 from .methods import METHODS, get_method
@@ -147,9 +147,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults < --config < flags < --set, with every key checked."""
+    """Defaults < --config (then its ``[method.NAME]`` table for the run's method) < flags <
+    --set, with every key checked."""
     config = RunConfig()
-    file_values = load_toml(args.config) if args.config else {}
+    file_values, tables = method_tables(load_toml(args.config), args.config) if args.config \
+        else ({}, {})
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
              "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
@@ -159,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     problem = sets.get("problem", flags.get("problem", file_values.get("problem", "losstuning")))
     config.problem = parse_value("problem", problem, str)
     options = {k: type(v) for k, v in get_problem(config.problem).options.items()}
-    for values in (file_values, flags, sets):
+    method = sets.get("method", flags.get("method", file_values.get("method")))
+    for values in (file_values, tables.get(str(method), {}), flags, sets):
         apply(config, values, options)
     return config
 

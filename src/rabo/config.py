@@ -19,7 +19,7 @@ import torch
 from .capacity import check_capacities
 from .errors import ConfigError, UnknownNameError
 from .hypergrad import DIFFERENCES, PERTURB
-from .methods import get_method
+from .methods import METHODS, get_method
 
 PAPER_CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
@@ -139,6 +139,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"cannot read config file {str(path)!r}: {msg}") from None
+
+
+def method_tables(values: dict[str, Any], source: str | Path) -> tuple[dict[str, Any],
+                                                                         dict[str, dict[str, Any]]]:
+    """A config file's values without its ``[method.NAME]`` tables, and those tables: settings
+    that apply only when NAME is the run's method (each method's tuned step sizes in one file).
+    A table named for no method is a one-line error."""
+    values = dict(values)
+    tables = values.pop("method") if isinstance(values.get("method"), dict) else {}
+    for name, table in tables.items():
+        if name not in METHODS or not isinstance(table, dict):
+            raise UnknownNameError(f"[method.NAME] table of {str(source)!r}:", name, METHODS)
+    return values, tables
 
 
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml
+from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml, method_tables
 from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
@@ -177,11 +177,8 @@ def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | No
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
     path = config or CONFIGS / "fewshot.toml"
-    values = load_toml(path) if config is not None or path.exists() else {}
-    per_method = values.pop("method", {})
-    for name, table in per_method.items():
-        if name not in FEWSHOT_METHODS or not isinstance(table, dict):
-            raise UnknownNameError(f"[method.NAME] table of {path}:", name, FEWSHOT_METHODS)
+    values, per_method = method_tables(
+        load_toml(path) if config is not None or path.exists() else {}, path)
     apply(base, values, FEWSHOT_OPTIONS)
     if quick:
         apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)

@@ -27,7 +27,7 @@ from .. import server
 from ..client import client_rng, to_device
 from ..errors import ConfigError
 from ..experiment import Experiment
-from ..models import MLP, Conv4
+from ..models import MLP, Conv4, rms_scaled
 from ..problems.losstuning import balanced_cross_entropy, vs_loss
 from ..submodel import ChannelPlan, Params, SubmodelIndex
 
@@ -82,15 +82,19 @@ class LossTuningNet(nn.Module):
 
 
 class FewShotNet(nn.Module):
-    """A Conv-4 backbone of the client's width (x) and a linear head on its features (y):
-    g = support CE + λ/2‖y‖², f = query CE; support and query are separate forwards (each
-    normalised by its own batch statistics)."""
+    """A Conv-4 backbone of the client's width (x) and a linear head on its features (y),
+    rescaled to RMS ``feature_rms``: g = support CE + λ/2‖y‖², f = query CE; support and query
+    are separate forwards (each normalised by its own batch statistics)."""
 
-    def __init__(self, in_channels: int, hidden: int, image_size: int, ways: int, lam: float):
+    def __init__(self, in_channels: int, hidden: int, image_size: int, ways: int, lam: float,
+                 feature_rms: float):
         super().__init__()
         self.backbone = Conv4(in_channels, hidden, image_size)
         self.head = nn.Linear(self.backbone.out_features, ways)
-        self.lam = lam
+        self.lam, self.feature_rms = lam, feature_rms
+
+    def features(self, images: Tensor) -> Tensor:
+        return rms_scaled(self.backbone(images), self.feature_rms)
 
     def named(self) -> dict[str, nn.Parameter]:
         return {**{f"backbone.{n}": p for n, p in self.backbone.named_parameters()},
@@ -98,11 +102,11 @@ class FewShotNet(nn.Module):
 
     def inner_loss(self, task: dict[str, Tensor]) -> Tensor:
         l2 = sum((p * p).sum() for p in (self.head.weight, self.head.bias))
-        return F.cross_entropy(self.head(self.backbone(task["support"])),
+        return F.cross_entropy(self.head(self.features(task["support"])),
                                task["support_labels"]) + 0.5 * self.lam * l2
 
     def outer_loss(self, task: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(self.head(self.backbone(task["query"])), task["query_labels"])
+        return F.cross_entropy(self.head(self.features(task["query"])), task["query_labels"])
 
 
 def make_net(exp: Experiment, x: Params, y: Params) -> nn.Module:
@@ -129,7 +133,7 @@ def make_net(exp: Experiment, x: Params, y: Params) -> nn.Module:
             raise ConfigError(f"the naive loop needs one Conv-4 width per client, got "
                               f"{sorted(widths)}")
         return FewShotNet(convs[0].shape[1], widths.pop(), int(opts["image_size"]),
-                          problem.ways, float(opts["lam"]))
+                          problem.ways, float(opts["lam"]), float(opts["feature_rms"]))
     raise ConfigError(f"the naive loop has no model of problem {problem.name!r}; allowed: "
                       f"fewshot, losstuning, quadratic")
 

@@ -73,6 +73,17 @@ def fresh_params(model: nn.Module, seed: int, prefix: str = "") -> dict[str, tor
     return {f"{prefix}{n}": p.detach().clone() for n, p in model.named_parameters()}
 
 
+def rms_scaled(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each row of ``features`` rescaled to root-mean-square ``scale`` (0: unchanged). Bounds a
+    linear head's curvature whatever the backbone learns: with ‖φ‖² = d·scale², λ_max of a
+    softmax head's Hessian is at most ½(d·scale² + 1) + λ. A per-coordinate (not per-norm) target
+    keeps a coordinate's magnitude the same in every submodel width."""
+    if scale == 0:
+        return features
+    rms = features.pow(2).mean(1, keepdim=True).add(1e-12).sqrt()
+    return features * (scale / rms)
+
+
 def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
     """The model registered as ``name`` (built with ``kwargs``) and its channel plan."""
     model = lookup(MODELS, "model", name)(**kwargs)
