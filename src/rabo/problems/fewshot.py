@@ -4,9 +4,9 @@ x = backbone (Conv-4 by default), y = linear head initialisation (N × d + bias)
 For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖²,
 f = CE(head_y(φ_x(Q))). φ_x ends by rescaling each feature vector to root-mean-square
 ``feature_rms`` (1.5, chosen on the validation alphabets over 1; 0 turns it off), so
-λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x: without it the trained backbone's feature norm, and with it the head's curvature, kept growing
-until the fixed head steps η_y and η_N diverged (FedMBO, RABO and RAFBO collapsed after ~50
-rounds on Omniglot). Each client's meta-batch holds several N-way K-shot tasks; x and y
+λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x: without it the trained backbone's
+feature norm, and with it the head's curvature, kept growing until the fixed head steps η_y and
+η_N diverged (FedMBO, RABO and RAFBO collapsed after ~50 rounds on Omniglot). Each client's meta-batch holds several N-way K-shot tasks; x and y
 share one channel plan, so the head's input columns follow the backbone's kept channels.
 
 Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabets split into
@@ -67,7 +67,7 @@ class FewShot(BilevelProblem):
     name = "fewshot"
     episodic = True
     # step (η_N) 0.03: the Neumann series needs η_N·λ_max(∇²_yy g) < 2, and λ_max reaches 21–25
-    # on trained Conv-4 features (configs/fewshot.toml)
+    # on trained Conv-4 features at RMS 1.5 (configs/fewshot.toml)
     defaults: ClassVar[dict[str, Any]] = {
         "rounds": 100, "inner_steps": 5, "inner_lr": 0.1, "outer_steps": 1, "outer_lr": 0.01,
         "terms": 10, "step": 0.03, "mu": 1e-3, "difference": "forward", "eval_every": 10,
