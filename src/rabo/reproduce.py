@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from . import checkpoint
 from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml, method_tables
 from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
@@ -65,19 +66,21 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
 
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) -> list[Path]:
-    """Run every config into ``out/<name>`` (a finished run directory is reused, so an
-    interrupted reproduction continues where it stopped); returns the run directories. A run
-    that diverges is reported on stderr and kept as far as it got (the tables' ``rounds``
-    column shows where it stopped); the others still run."""
+    """Run every config into ``out/<name>``, so that an interrupted reproduction continues
+    where it stopped: a finished run directory is reused, an unfinished one resumes from its
+    checkpoint (both only with the same config). Returns the run directories. A run that
+    diverges is reported on stderr and kept as far as it got (the tables' ``rounds`` column
+    shows where it stopped); the others still run."""
     paths = []
     for name, config in configs.items():
         path = out / name
         exp = build(config)
-        if (path / "final.safetensors").exists():
+        started = (path / checkpoint.FILE).exists()
+        if started or (path / "final.safetensors").exists():
             _check_reusable(path, exp.config)
-        else:
+        if not (path / "final.safetensors").exists():
             try:
-                run(exp, path, progress=progress)
+                run(exp, path, progress=progress, resume=started)
             except DivergedError as err:
                 print(f"rabo reproduce: {name}: {err}", file=sys.stderr)
         paths.append(path)
@@ -89,13 +92,13 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 
 
 def _check_reusable(path: Path, config: RunConfig) -> None:
-    """A finished run is reused only if it ran with ``config`` (up to :data:`RUNTIME_FIELDS`),
+    """A finished run is reused, an unfinished one resumed, only if it ran with ``config`` (up to :data:`RUNTIME_FIELDS`),
     so a changed config file never silently reuses results of the old one."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     for key in sorted(set(now) - set(RUNTIME_FIELDS)):
         if saved.get(key) != now[key]:
-            raise ConfigError(f"{path} holds a finished run with {key}={saved.get(key)!r}, "
+            raise ConfigError(f"{path} holds a run with {key}={saved.get(key)!r}, "
                               f"not {now[key]!r}: use another --out, or delete that directory "
                               f"to rerun it")
 
