@@ -6,8 +6,9 @@ f = CE(head_y(φ_x(Q))). φ_x ends by rescaling each feature vector to root-mean
 ``feature_rms`` (1.5, chosen on the validation alphabets over 1; 0 turns it off), so
 λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x: without it the trained backbone's
 feature norm, and with it the head's curvature, kept growing until the fixed head steps η_y and
-η_N diverged (FedMBO, RABO and RAFBO collapsed after ~50 rounds on Omniglot). Each client's meta-batch holds several N-way K-shot tasks; x and y
-share one channel plan, so the head's input columns follow the backbone's kept channels.
+η_N diverged (FedMBO, RABO and RAFBO collapsed after ~50 rounds on Omniglot). Each client's
+meta-batch holds several N-way K-shot tasks; x and y share one channel plan, so the head's input
+columns follow the backbone's kept channels.
 
 Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabets split into
 train and test, rotations as new classes, training characters sharded over the clients;
