@@ -70,6 +70,32 @@ def test_config_file_method_table_applies_to_its_method_only(tmp_path):
     assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
 
 
+def test_config_file_setting_table_applies_to_runs_with_its_ways_and_shots(tmp_path, capsys):
+    """``rabo run --config`` takes the ``[setting.NwKs]`` table of the run's ways and shots
+    (wherever they are set), below its method table, flags and --set."""
+    from rabo.cli import config_from_args, make_parser
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('problem = "fewshot"\ninner_lr = 0.1\n[problem_options]\nshots = 5\n'
+                   '[setting.20w5s]\ninner_lr = 0.4\nouter_lr = 0.5\n'
+                   '[method.fedmbo]\nouter_lr = 0.1\n')
+
+    def config(*argv):
+        return config_from_args(make_parser().parse_args(["run", "--config", str(cfg), *argv]))
+
+    assert config("--method", "rabo").inner_lr == 0.1                        # 5w5s: no table
+    twenty = config("--method", "rabo", "--set", "problem.ways=20")
+    assert (twenty.inner_lr, twenty.outer_lr) == (0.4, 0.5)
+    assert config("--method", "fedmbo", "--set", "problem.ways=20").outer_lr == 0.1
+    assert config("--method", "rabo", "--set", "problem.ways=20", "--set",
+                  "problem.shots=1").inner_lr == 0.1                          # 20w1s: no table
+    assert config("--set", "problem.ways=20", "--set", "inner_lr=0.3").inner_lr == 0.3
+    cfg.write_text('problem = "quadratic"\n[setting.5w1s]\nouter_lr = 0.5\n')
+    assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
+    assert "has [setting.NwKs] tables, for problems with ways and shots; 'quadratic' has " \
+        "neither" in capsys.readouterr().err
+
+
 def test_malformed_toml_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("rounds = = 3\n")

@@ -175,22 +175,35 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path, capsys):
     assert (path / "metrics.jsonl").read_text() == before  # nothing lost
 
 
-def test_config_file_method_tables_override_the_base_for_that_method_only(tmp_path):
+def test_config_file_setting_and_method_tables_refine_the_base_for_their_runs_only(tmp_path):
+    from rabo.errors import ConfigError
     from rabo.reproduce import fewshot_base, setting
 
     config = tmp_path / "fewshot.toml"
-    config.write_text('outer_lr = 0.01\n[problem_options]\ntasks = 3\n'
+    config.write_text('outer_lr = 0.01\ninner_lr = 0.1\n[problem_options]\ntasks = 3\n'
+                      '[setting.20w1s]\ninner_lr = 0.4\nouter_lr = 0.02\n'
+                      '[setting.20w1s.problem_options]\neval_lr = 0.4\n'
                       '[method.maml]\nouter_lr = 0.002\n'
                       '[method.maml.problem_options]\nmaml_lr = 0.1\n')
-    base, own = fewshot_base(DATA + "/omniglot", False, 0, config, validate=True)
-    maml = setting(base, "5w5s", own, method="maml")
-    rabo = setting(base, "5w5s", own, method="rabo")
+    base, file = fewshot_base(DATA + "/omniglot", False, 0, config, validate=True)
+    maml = setting(base, "5w5s", file, method="maml")
+    rabo = setting(base, "5w5s", file, method="rabo")
     assert (maml.outer_lr, maml.problem_options["maml_lr"]) == (0.002, 0.1)
     assert rabo.outer_lr == 0.01 and "maml_lr" not in rabo.problem_options
     assert maml.problem_options["tasks"] == rabo.problem_options["tasks"] == 3
     assert maml.problem_options["validate"] is True and maml.problem_options["shots"] == 5
+    assert rabo.inner_lr == 0.1 and "eval_lr" not in rabo.problem_options
+    rabo20, maml20 = (setting(base, "20w1s", file, method=m) for m in ("rabo", "maml"))
+    assert (rabo20.inner_lr, rabo20.outer_lr, rabo20.problem_options["eval_lr"]) == (0.4, 0.02, 0.4)
+    assert (maml20.inner_lr, maml20.outer_lr) == (0.4, 0.002)        # the method table is last
     config.write_text("[method.mamal]\nouter_lr = 0.1\n")
     with pytest.raises(UnknownNameError, match="'mamal'; allowed: fedavg, fedmbo"):
+        fewshot_base(None, False, 0, config)
+    config.write_text("[setting.20way]\ninner_lr = 0.4\n")
+    with pytest.raises(ConfigError, match=r"'20way' is not an N-way K-shot setting \(allowed: NwKs"):
+        fewshot_base(None, False, 0, config)
+    config.write_text("[setting.20w1s.problem_options]\nways = 5\n")
+    with pytest.raises(ConfigError, match=r"\[setting.20w1s\] table of .* sets ways or shots"):
         fewshot_base(None, False, 0, config)
 
 

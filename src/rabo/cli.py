@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import checkpoint
-from .config import RunConfig, apply, load_toml, method_tables, parse_sets, parse_value
+from .config import ConfigFile, RunConfig, apply, load_toml, parse_sets, parse_value, split_config
 from .errors import ConfigError, DataError, RaboError
 from .experiment import Experiment, build
 from .methods import METHODS, get_method
@@ -147,22 +147,30 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults < --config (then its ``[method.NAME]`` table for the run's method) < flags <
-    --set, with every key checked."""
+    """Defaults < --config (then its ``[setting.NwKs]`` table for the run's ways and shots, then
+    its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked."""
     config = RunConfig()
-    file_values, tables = method_tables(load_toml(args.config), args.config) if args.config \
-        else ({}, {})
+    file = split_config(load_toml(args.config), args.config) if args.config else ConfigFile()
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
              "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
              "participation", "fail_prob")
     flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    # The problem decides which problem.* options exist, so it is settled first.
-    problem = sets.get("problem", flags.get("problem", file_values.get("problem", "losstuning")))
+    # The problem decides which problem.* options exist, so it is settled first; then the
+    # method and the setting (N-way K-shot) that pick the file's tables.
+    problem = sets.get("problem", flags.get("problem", file.base.get("problem", "losstuning")))
     config.problem = parse_value("problem", problem, str)
-    options = {k: type(v) for k, v in get_problem(config.problem).options.items()}
-    method = sets.get("method", flags.get("method", file_values.get("method")))
-    for values in (file_values, tables.get(str(method), {}), flags, sets):
+    defaults = get_problem(config.problem).options
+    options = {k: type(v) for k, v in defaults.items()}
+    method = sets.get("method", flags.get("method", file.base.get("method")))
+    probe = RunConfig(problem=config.problem)
+    for values in (*file.layers(method), flags, sets):
+        apply(probe, values, options)
+    ways, shots = ({**defaults, **probe.problem_options}.get(k) for k in ("ways", "shots"))
+    if file.settings and (ways is None or shots is None):
+        raise ConfigError(f"{str(args.config)!r} has [setting.NwKs] tables, for problems with "
+                          f"ways and shots; {config.problem!r} has neither")
+    for values in (*file.layers(method, ways, shots), flags, sets):
         apply(config, values, options)
     return config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,17 +142,45 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r}: {msg}") from None
 
 
-def method_tables(values: dict[str, Any], source: str | Path) -> tuple[dict[str, Any],
-                                                                         dict[str, dict[str, Any]]]:
-    """A config file's values without its ``[method.NAME]`` tables, and those tables: settings
-    that apply only when NAME is the run's method (each method's tuned step sizes in one file).
-    A table named for no method is a one-line error."""
+SETTING_NAME = re.compile(r"([1-9][0-9]*)w([1-9][0-9]*)s")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file split into its base keys and the tables that refine them for one run:
+    ``[setting.NwKs]`` (N-way K-shot, episodic problems: head step sizes depend on N) and
+    ``[method.NAME]`` (each method's tuned step sizes). A run takes the base, then its
+    setting's table, then its method's."""
+
+    base: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def layers(self, method: str | None, ways: int | None = None,
+               shots: int | None = None) -> list[dict[str, Any]]:
+        """The mappings to apply, in order, for a run of ``method`` with ``ways`` and ``shots``."""
+        return [self.base, self.settings.get(f"{ways}w{shots}s", {}),
+                self.methods.get(method or "", {})]
+
+
+def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:
+    """Split a config file's values into a :class:`ConfigFile`; a table named for no method or
+    no NwKs setting, or a setting table that sets ways or shots, is a one-line error."""
     values = dict(values)
-    tables = values.pop("method") if isinstance(values.get("method"), dict) else {}
-    for name, table in tables.items():
+    tables = {kind: values.pop(kind) if isinstance(values.get(kind), dict) else {}
+              for kind in ("setting", "method")}
+    for name, table in tables["method"].items():
         if name not in METHODS or not isinstance(table, dict):
             raise UnknownNameError(f"[method.NAME] table of {str(source)!r}:", name, METHODS)
-    return values, tables
+    for name, table in tables["setting"].items():
+        if not SETTING_NAME.fullmatch(name) or not isinstance(table, dict):
+            raise ConfigError(f"[setting.{name}] table of {str(source)!r}: {name!r} is not an "
+                              f"N-way K-shot setting (allowed: NwKs, e.g. 5w1s, 20w5s)")
+        options = table.get("problem_options", {})
+        if {"ways", "shots"} & ({k.removeprefix("problem.") for k in table} | set(options)):
+            raise ConfigError(f"[setting.{name}] table of {str(source)!r} sets ways or shots; "
+                              f"its name already says them")
+    return ConfigFile(values, tables["setting"], tables["method"])
 
 
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from . import checkpoint
-from .config import PAPER_CAPACITIES, RunConfig, apply, load_toml, method_tables
+from .config import PAPER_CAPACITIES, ConfigFile, RunConfig, apply, load_toml, split_config
 from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
@@ -172,37 +172,37 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
 
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
 def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | None,
-                 validate: bool = False) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
-    """10 clients at the paper's capacities, then the config file (default
+                 validate: bool = False) -> tuple[RunConfig, ConfigFile]:
+    """10 clients at the paper's capacities, then the config file's base keys (default file
     ``configs/fewshot.toml``), then the quick overrides; with ``validate``, evaluation on
-    held-out training alphabets (for tuning). Returns the base config and the file's
-    per-method settings (its ``[method.NAME]`` tables)."""
+    held-out training alphabets (for tuning). Returns the base config and the file, whose
+    ``[setting.NwKs]`` and ``[method.NAME]`` tables :func:`setting` applies per run."""
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
     path = config or CONFIGS / "fewshot.toml"
-    values, per_method = method_tables(
-        load_toml(path) if config is not None or path.exists() else {}, path)
-    apply(base, values, FEWSHOT_OPTIONS)
+    file = split_config(load_toml(path) if config is not None or path.exists() else {}, path)
+    apply(base, file.base, FEWSHOT_OPTIONS)
     if quick:
         apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)
     if validate:
         base.problem_options["validate"] = True
     base.seed = seed
     base.data_dir = data_dir or base.data_dir
-    return base, per_method
+    return base, file
 
 
-def setting(base: RunConfig, name: str, per_method: dict[str, dict[str, Any]] | None = None,
+def setting(base: RunConfig, name: str, file: ConfigFile | None = None,
             **changes: Any) -> RunConfig:
     """``base`` in setting ``name`` ("5w1s": 5-way 1-shot), with other fields changed, then the
-    method's own settings from ``per_method`` (the config file's ``[method.NAME]`` tables)."""
+    config file's ``[setting.NAME]`` and ``[method.NAME]`` tables for this run."""
     if name not in SETTINGS:
         raise UnknownNameError("few-shot setting", name, SETTINGS)
     ways, shots = SETTINGS[name]
     changes = {"policy_options": dict(base.policy_options), **changes}
     config = dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
                                                         "shots": shots}, **changes)
-    apply(config, (per_method or {}).get(config.method or "", {}), FEWSHOT_OPTIONS)
+    for values in (file or ConfigFile()).layers(config.method, ways, shots)[1:]:
+        apply(config, values, FEWSHOT_OPTIONS)
     return config
 
 
@@ -242,8 +242,8 @@ def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
-    base, own = fewshot_base(data_dir, quick, seed, config, validate)
-    grid = {s: {m: setting(base, s, own, method=m) for m in FEWSHOT_METHODS}
+    base, file = fewshot_base(data_dir, quick, seed, config, validate)
+    grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
     return fewshot_table(out, "table2", grid, "method", progress)
 
@@ -252,8 +252,8 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False) -> list[Path]:
     """Table III: RABO and RAFBO as the number of clients grows (capacities spread evenly)."""
-    base, own = fewshot_base(data_dir, quick, seed, config, validate)
-    grid = {s: {f"{m}-M{n}": setting(base, s, own, method=m, clients=n)
+    base, file = fewshot_base(data_dir, quick, seed, config, validate)
+    grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in ("rabo", "rafbo") for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
     return fewshot_table(out, "table3", grid, "run", progress)
@@ -264,11 +264,11 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
          config: Path | None = None, validate: bool = False) -> list[Path]:
     """Fig. 4: (a) computation and communication of RABO and RAFBO relative to FedMBO;
     (b) accuracy against rounds with C_x = 1 versus C_x = 5 at half width for every client."""
-    base, own = fewshot_base(data_dir, quick, seed, config, validate)
+    base, file = fewshot_base(data_dir, quick, seed, config, validate)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for s in settings or ("5w1s",):
-        paths = run_grid({f"{s}/{m}": setting(base, s, own, method=m)
+        paths = run_grid({f"{s}/{m}": setting(base, s, file, method=m)
                           for m in ("fedmbo", "rabo", "rafbo")}, out, progress)
         rows = [r | {"setting": s} for r in cost_table(paths)]
         files.append(out / f"fig4_cost_{s}.png")
@@ -277,7 +277,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
         files += write_table(rows, ["setting", "method", "flops_ratio", "bytes_ratio", "gflops",
                                     "mb", "final_accuracy", "accuracy_ci95"],
                              out, f"fig4_cost_{s}")
-        paths = run_grid({f"{s}/{name}": setting(base, s, own, method="rabo", capacities=[0.5],
+        paths = run_grid({f"{s}/{name}": setting(base, s, file, method="rabo", capacities=[0.5],
                                                  policy="segments",
                                                  policy_options={"segments": segments})
                           for name, segments in CX_SEGMENTS.items()}, out, progress)
