@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from rabo.config import RunConfig
+from rabo.config import RunConfig, load_toml, split_config
 from rabo.cost import measure
 from rabo.errors import ConfigError
 from rabo.experiment import build
 from rabo.hypergrad import hypergradient
+from rabo.models import rms_scaled
 from rabo.problems.fewshot import FewShot, synthetic_task
+from rabo.reproduce import CONFIGS
 from rabo.runtime.simulate import run
 
 
@@ -65,6 +67,44 @@ def _head_hessian(problem, feats, y, task):
         return problem.inner_loss_from(feats, parts, task)
 
     return torch.autograd.functional.hessian(g, torch.cat([v.flatten() for v in y.values()]))
+
+
+@pytest.mark.parametrize("ways", [5, 20])
+def test_head_hessian_at_the_initial_head_is_the_closed_form(ways):
+    """At y = 0 the softmax is uniform, so ∇²_yy g = (I/N − 11ᵀ/N²) ⊗ E[φ̃φ̃ᵀ] + λI with
+    φ̃ = (φ, 1), and λ_max = λ_max(E φ̃φ̃ᵀ)/N + λ: an N-way head needs steps ∝ N to move as a
+    5-way one does, the rule the config's 20-way tables follow."""
+    problem = synthetic(ways=ways, shots=2)
+    _, y = problem.init_params(0)
+    assert list(y) == ["head.weight", "head.bias"] and all(not p.any() for p in y.values())
+    torch.manual_seed(0)
+    d = problem.backbone.out_features
+    feats = rms_scaled(torch.relu(torch.randn(2 * ways, d) + 0.5), 1.5)
+    task = {"support_labels": torch.arange(ways).repeat_interleave(2)}
+    hessian = _head_hessian(problem, (feats, None), y, task).double()
+    tilde = torch.cat([feats, torch.ones(2 * ways, 1)], 1).double()
+    moment = tilde.T @ tilde / len(tilde)
+    softmax = torch.eye(ways, dtype=torch.double) / ways - 1.0 / ways**2
+    lam = float(problem.opts["lam"])
+    # kron's index (c, j) is c·(d+1) + j; the flat head lists the weights (c, j < d), then biases
+    order = [c * (d + 1) + j for c in range(ways) for j in range(d)] \
+        + [c * (d + 1) + d for c in range(ways)]
+    expected = torch.kron(softmax, moment)[order][:, order] + lam * torch.eye(len(order))
+    assert torch.allclose(hessian, expected, atol=1e-5)
+    top = float(torch.linalg.eigvalsh(hessian)[-1])
+    assert top == pytest.approx(float(torch.linalg.eigvalsh(moment)[-1]) / ways + lam, rel=1e-5)
+
+
+def test_twenty_way_head_steps_are_the_five_way_ones_scaled_by_n():
+    """configs/fewshot.toml's 20-way tables keep η·λ_max of the head steps (η_y, η_N, the
+    evaluation's) at their 5-way values: λ_max ∝ 1/N (the closed form above)."""
+    file = split_config(load_toml(CONFIGS / "fewshot.toml"), "fewshot.toml")
+    base = {**file.base, **file.base["problem_options"]}
+    for name in ("20w1s", "20w5s"):
+        table = file.settings[name]
+        table = {**table, **table.get("problem_options", {})}
+        for key in ("inner_lr", "step", "eval_lr"):
+            assert table[key] == pytest.approx(base[key] * 20 / 5), (name, key)
 
 
 def test_default_neumann_step_is_stable_on_trained_feature_scales():
