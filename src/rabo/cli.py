@@ -164,13 +164,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     options = {k: type(v) for k, v in defaults.items()}
     method = sets.get("method", flags.get("method", file.base.get("method")))
     probe = RunConfig(problem=config.problem)
-    for values in (*file.layers(method), flags, sets):
+    for values in (file.base, *file.tables(method), flags, sets):
         apply(probe, values, options)
     ways, shots = ({**defaults, **probe.problem_options}.get(k) for k in ("ways", "shots"))
     if file.settings and (ways is None or shots is None):
         raise ConfigError(f"{str(args.config)!r} has [setting.NwKs] tables, for problems with "
                           f"ways and shots; {config.problem!r} has neither")
-    for values in (*file.layers(method, ways, shots), flags, sets):
+    for values in (file.base, *file.tables(method, ways, shots), flags, sets):
         apply(config, values, options)
     return config
 

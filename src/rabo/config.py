@@ -156,11 +156,11 @@ class ConfigFile:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def layers(self, method: str | None, ways: int | None = None,
+    def tables(self, method: str | None, ways: int | None = None,
                shots: int | None = None) -> list[dict[str, Any]]:
-        """The mappings to apply, in order, for a run of ``method`` with ``ways`` and ``shots``."""
-        return [self.base, self.settings.get(f"{ways}w{shots}s", {}),
-                self.methods.get(method or "", {})]
+        """The tables to apply after the base, in order, for a run of ``method`` with ``ways``
+        and ``shots`` (empty where the file has none)."""
+        return [self.settings.get(f"{ways}w{shots}s", {}), self.methods.get(method or "", {})]
 
 
 def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:

@@ -76,9 +76,10 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) ->
         path = out / name
         exp = build(config)
         started = (path / checkpoint.FILE).exists()
-        if started or (path / "final.safetensors").exists():
+        finished = (path / "final.safetensors").exists()
+        if started or finished:
             _check_reusable(path, exp.config)
-        if not (path / "final.safetensors").exists():
+        if not finished:
             try:
                 run(exp, path, progress=progress, resume=started)
             except DivergedError as err:
@@ -92,8 +93,8 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 
 
 def _check_reusable(path: Path, config: RunConfig) -> None:
-    """A finished run is reused, an unfinished one resumed, only if it ran with ``config`` (up to :data:`RUNTIME_FIELDS`),
-    so a changed config file never silently reuses results of the old one."""
+    """A finished run is reused, an unfinished one resumed, only if it ran with ``config`` (up
+    to :data:`RUNTIME_FIELDS`), so a changed config file never silently reuses old results."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     for key in sorted(set(now) - set(RUNTIME_FIELDS)):
@@ -201,7 +202,7 @@ def setting(base: RunConfig, name: str, file: ConfigFile | None = None,
     changes = {"policy_options": dict(base.policy_options), **changes}
     config = dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
                                                         "shots": shots}, **changes)
-    for values in (file or ConfigFile()).layers(config.method, ways, shots)[1:]:
+    for values in (file or ConfigFile()).tables(config.method, ways, shots):
         apply(config, values, FEWSHOT_OPTIONS)
     return config
 
