@@ -229,8 +229,9 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
         files.append(out / f"{stem}_{name}_accuracy.png")
         plot(load_runs(paths), [("accuracy", f"{name} test accuracy", False)], "rounds",
              files[-1])
-    columns = list(dict.fromkeys([row_key, "setting", "method"])) + ["rounds", "final_accuracy", "accuracy_ci95",
-               "best_accuracy", "flops_ratio", "bytes_ratio", "gflops", "mb", "wall_seconds"]
+    columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
+        "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio", "bytes_ratio",
+        "gflops", "mb", "wall_seconds"]
     files.append(write_csv(rows, columns, out / f"{stem}.csv"))
     wide = {r[row_key]: {row_key: r[row_key]} for r in rows}
     for r in rows:
