@@ -10,7 +10,8 @@ import pytest
 
 from rabo.cli import main
 from rabo.errors import UnknownNameError
-from rabo.reproduce import FEWSHOT_METHODS, FIG6_METHODS
+from rabo.report import Run
+from rabo.reproduce import FEWSHOT_METHODS, FIG6_METHODS, ORDERING, difference
 
 DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -76,6 +77,18 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path):
     assert md[0] == "| method | 5w1s |" and len(md) == len(FEWSHOT_METHODS) + 2
     assert all(re.fullmatch(r"\| \w+ \| \d+\.\d\d ± \d+\.\d\d \|", line) for line in md[2:])
     assert (out / "table2_5w1s_accuracy.png").read_bytes().startswith(b"\x89PNG")
+    # the final evaluation keeps its per-episode accuracies (the earlier ones do not), so the
+    # ordering table's differences are paired: their mean is the difference of the means
+    lines = [json.loads(line) for line in (out / "5w1s" / "rabo" / "metrics.jsonl").open()]
+    assert "episode_accuracies" not in lines[0] and len(lines[-1]["episode_accuracies"]) == 20
+    assert math.isclose(sum(lines[-1]["episode_accuracies"]) / 20, lines[-1]["accuracy"])
+    acc = {r["method"]: float(r["final_accuracy"]) for r in rows}
+    checks = _rows(out / "table2_ordering.csv")
+    assert [c["comparison"] for c in checks] == [f"{a} − {b}" for a, b in ORDERING]
+    for c, (a, b) in zip(checks, ORDERING):
+        assert c["paired"] == "True" and c["holds"] == str(float(c["difference"]) >= 0)
+        assert math.isclose(float(c["difference"]), 100 * (acc[a] - acc[b]), abs_tol=1e-9)
+        assert 0.0 <= float(c["ci95"]) < 100
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
     assert main(["reproduce", "fig4", *args]) == 0
     cost = {r["method"]: r for r in _rows(out / "fig4_cost_5w1s.csv")}
@@ -88,6 +101,24 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path):
     for name in ("fig4_cost_5w1s.png", "fig4_cover_5w1s.png"):
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def _run(*rows: dict) -> Run:
+    return Run(Path("run"), {}, [{"round": 1}, *rows])
+
+
+def test_difference_is_paired_over_common_episodes_else_from_the_two_intervals():
+    a = _run({"accuracy": 0.75, "accuracy_ci95": 0.2, "episode_accuracies": [1.0, 0.5, 0.75]})
+    b = _run({"accuracy": 5 / 12, "accuracy_ci95": 0.1, "episode_accuracies": [0.5, 0.5, 0.25]})
+    # d = (50, 0, 50) points: mean 100/3, sd 50/√3, ci = 1.96·(50/√3)/√3 = 32.67 < 33.33
+    d = difference(a, b)
+    assert d["paired"] and d["holds"] and d["within_noise"] is False
+    assert math.isclose(d["difference"], 100 / 3) and math.isclose(d["ci95"], 1.96 * 50 / 3)
+    old = _run({"accuracy": 0.7, "accuracy_ci95": 0.04})     # a run logged before the change
+    d = difference(old, a)
+    assert not d["paired"] and not d["holds"] and d["within_noise"]
+    assert math.isclose(d["difference"], -5.0) and math.isclose(d["ci95"], 100 * math.hypot(0.04, 0.2))
+    assert difference(_run({"inner_loss": 1.0}), a)["difference"] is None
 
 
 @pytest.mark.slow

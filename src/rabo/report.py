@@ -183,7 +183,8 @@ def summarize(run: Run) -> dict[str, Any]:
             "wall_seconds": total("seconds")}
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A table cell: 4 significant figures, or — for a missing value."""
     if value is None:
         return "—"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -195,7 +196,7 @@ def write_summary(runs: list[Run], out: Path) -> list[Path]:
     header = ["run", "problem", "method", "rounds", "final acc", "best acc", "final g",
               "final f", "GFLOPs", "MB", "min C_x", "min C_y", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     with open(out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, COLUMNS)

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import checkpoint
@@ -42,7 +43,7 @@ from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
 from .problems import FewShot
-from .report import Run, bars, load_runs, plot, summarize
+from .report import Run, bars, cell, load_runs, plot, summarize
 from .runtime.simulate import run
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
@@ -54,6 +55,9 @@ FIG6_STEPS = {"fashion-mnist": {"inner_lr": 0.3, "outer_lr": 0.1},
               "mnist": {"inner_lr": 0.3, "outer_lr": 0.1}}
 FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "fiarse", "rabo",
                    "rafbo")
+# the paper's ordering (Table II): fedmbo ≥ rabo, and rabo, rafbo ≥ every single-level baseline
+SINGLE_LEVEL = ("static", "oap", "fedrolex", "fiarse")
+ORDERING = [("fedmbo", "rabo")] + [(m, b) for m in ("rabo", "rafbo") for b in SINGLE_LEVEL]
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -120,10 +124,6 @@ def _last(run: Run, key: str) -> Any:
     return next((row[key] for row in reversed(run.rows) if row.get(key) is not None), None)
 
 
-def _cell(v: Any) -> str:
-    return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, columns, extrasaction="ignore")
@@ -134,7 +134,7 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Pat
 
 def write_markdown(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -212,13 +212,37 @@ def accuracy_cell(row: dict[str, Any]) -> str:
     return "—" if acc is None else f"{100 * acc:.2f} ± {100 * (ci or 0.0):.2f}"
 
 
+def difference(a: Run, b: Run) -> dict[str, Any]:
+    """Final accuracy of run ``a`` minus run ``b``, in points, with a 95 % interval: paired,
+    1.96·sd(a_e − b_e)/√E over the E test episodes both evaluated (every few-shot run sees the
+    same seeded episodes) where both logged ``episode_accuracies``; otherwise from the two runs'
+    own intervals as independent samples, √(ci_a² + ci_b²)."""
+    acc_a, acc_b = _last(a, "accuracy"), _last(b, "accuracy")
+    if acc_a is None or acc_b is None:
+        return {"difference": None, "ci95": None, "paired": False, "holds": None,
+                "within_noise": None}
+    ea, eb = _last(a, "episode_accuracies"), _last(b, "episode_accuracies")
+    paired = ea is not None and eb is not None and len(ea) == len(eb) > 1
+    if paired:
+        d = 100 * (np.asarray(ea) - np.asarray(eb))
+        diff, ci = float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))
+    else:
+        diff = 100 * (acc_a - acc_b)
+        ci = 100 * float(np.hypot(_last(a, "accuracy_ci95") or 0.0,
+                                  _last(b, "accuracy_ci95") or 0.0))
+    return {"difference": diff, "ci95": ci, "paired": paired, "holds": diff >= 0,
+            "within_noise": abs(diff) <= ci}
+
+
 def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
-                  progress: bool) -> list[Path]:
+                  progress: bool, ordering: list[tuple[str, str]] | None = None) -> list[Path]:
     """Run ``grid`` (setting → run name → config) into ``out/<setting>/<run>``; write
     ``stem``.csv (one row per run: setting, accuracy, interval, cost), ``stem``.md (rows:
-    runs, columns: settings, "acc ± ci95" in %) and an accuracy-vs-round plot per setting."""
+    runs, columns: settings, "acc ± ci95" in %) and an accuracy-vs-round plot per setting;
+    with ``ordering`` (pairs of run names, first expected ≥ second), ``stem``_ordering.csv/.md:
+    each pair's :func:`difference` per setting."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, files = [], []
+    rows, files, checks = [], [], []
     for name, configs in grid.items():
         paths = run_grid({f"{name}/{run_name}": c for run_name, c in configs.items()}, out,
                          progress)
@@ -227,8 +251,11 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
             row.update({"setting": name, row_key: run_name})
         rows += table
         files.append(out / f"{stem}_{name}_accuracy.png")
-        plot(load_runs(paths), [("accuracy", f"{name} test accuracy", False)], "rounds",
+        runs = dict(zip(configs, load_runs(paths)))
+        plot(list(runs.values()), [("accuracy", f"{name} test accuracy", False)], "rounds",
              files[-1])
+        checks += [{"setting": name, "comparison": f"{a} − {b}"} | difference(runs[a], runs[b])
+                   for a, b in ordering or () if a in runs and b in runs]
     columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
         "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio", "bytes_ratio",
         "gflops", "mb", "wall_seconds"]
@@ -237,6 +264,9 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
     for r in rows:
         wide[r[row_key]][r["setting"]] = accuracy_cell(r)
     files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
+    if checks:
+        files += write_table(checks, ["setting", "comparison", "difference", "ci95", "paired",
+                                      "holds", "within_noise"], out, f"{stem}_ordering")
     return files
 
 
@@ -247,7 +277,7 @@ def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
-    return fewshot_table(out, "table2", grid, "method", progress)
+    return fewshot_table(out, "table2", grid, "method", progress, ORDERING)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,

@@ -193,7 +193,7 @@ class FewShot(BilevelProblem):
         return float((logits.argmax(-1) == task["query_labels"]).float().mean())
 
     def evaluate_episodes(self, x: Params, y: Params, episodes: int,
-                          seed: int = 0) -> dict[str, float]:
+                          seed: int = 0) -> dict[str, Any]:
         """Mean query accuracy over ``episodes`` test episodes (test alphabets' classes) with a
         95 % interval 1.96·σ/√E; the same seeded episodes at every evaluation."""
         if self.opts["source"] == "synthetic":
@@ -204,12 +204,18 @@ class FewShot(BilevelProblem):
                          for _ in bar])
         return {"accuracy": float(accs.mean()),
                 "accuracy_ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes))
-                if episodes > 1 else 0.0, "episodes": episodes}
+                if episodes > 1 else 0.0, "episodes": episodes,
+                "episode_accuracies": accs.tolist()}
 
-    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, float]:
-        """``eval_episodes`` test episodes, or ``final_episodes`` on the run's last round."""
-        episodes = self.opts["final_episodes"] if final else self.opts["eval_episodes"]
-        return self.evaluate_episodes(x, y, int(episodes))
+    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, Any]:
+        """``eval_episodes`` test episodes, or ``final_episodes`` on the run's last round, where
+        the per-episode accuracies are kept too: every run sees the same episodes, so two runs
+        can be compared episode by episode (a paired interval, :func:`rabo.report.paired`)."""
+        if not final:
+            scores = self.evaluate_episodes(x, y, int(self.opts["eval_episodes"]))
+            scores.pop("episode_accuracies", None)
+            return scores
+        return self.evaluate_episodes(x, y, int(self.opts["final_episodes"]))
 
     # --- losses, split at the backbone features (computed once per hypergradient) ----------
     def _embed(self, x: Params, images: Tensor) -> Tensor:
