@@ -117,7 +117,8 @@ def test_difference_is_paired_over_common_episodes_else_from_the_two_intervals()
     old = _run({"accuracy": 0.7, "accuracy_ci95": 0.04})     # a run logged before the change
     d = difference(old, a)
     assert not d["paired"] and not d["holds"] and d["within_noise"]
-    assert math.isclose(d["difference"], -5.0) and math.isclose(d["ci95"], 100 * math.hypot(0.04, 0.2))
+    assert math.isclose(d["difference"], -5.0)
+    assert math.isclose(d["ci95"], 100 * math.hypot(0.04, 0.2))
     assert difference(_run({"inner_loss": 1.0}), a)["difference"] is None
 
 

@@ -57,7 +57,8 @@ FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "f
                    "rafbo")
 # the paper's ordering (Table II): fedmbo ≥ rabo, and rabo, rafbo ≥ every single-level baseline
 SINGLE_LEVEL = ("static", "oap", "fedrolex", "fiarse")
-ORDERING = [("fedmbo", "rabo")] + [(m, b) for m in ("rabo", "rafbo") for b in SINGLE_LEVEL]
+ORDERING = (("fedmbo", "rabo"),) + tuple((m, b) for m in ("rabo", "rafbo")
+                                         for b in SINGLE_LEVEL)
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -235,7 +236,7 @@ def difference(a: Run, b: Run) -> dict[str, Any]:
 
 
 def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
-                  progress: bool, ordering: list[tuple[str, str]] | None = None) -> list[Path]:
+                  progress: bool, ordering: tuple[tuple[str, str], ...] = ()) -> list[Path]:
     """Run ``grid`` (setting → run name → config) into ``out/<setting>/<run>``; write
     ``stem``.csv (one row per run: setting, accuracy, interval, cost), ``stem``.md (rows:
     runs, columns: settings, "acc ± ci95" in %) and an accuracy-vs-round plot per setting;
@@ -255,7 +256,7 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
         plot(list(runs.values()), [("accuracy", f"{name} test accuracy", False)], "rounds",
              files[-1])
         checks += [{"setting": name, "comparison": f"{a} − {b}"} | difference(runs[a], runs[b])
-                   for a, b in ordering or () if a in runs and b in runs]
+                   for a, b in ordering]
     columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
         "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio", "bytes_ratio",
         "gflops", "mb", "wall_seconds"]

@@ -210,12 +210,13 @@ class FewShot(BilevelProblem):
     def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, Any]:
         """``eval_episodes`` test episodes, or ``final_episodes`` on the run's last round, where
         the per-episode accuracies are kept too: every run sees the same episodes, so two runs
-        can be compared episode by episode (a paired interval, :func:`rabo.report.paired`)."""
+        can be compared episode by episode (a paired interval:
+        :func:`rabo.reproduce.difference`)."""
+        episodes = self.opts["final_episodes"] if final else self.opts["eval_episodes"]
+        scores = self.evaluate_episodes(x, y, int(episodes))
         if not final:
-            scores = self.evaluate_episodes(x, y, int(self.opts["eval_episodes"]))
             scores.pop("episode_accuracies", None)
-            return scores
-        return self.evaluate_episodes(x, y, int(self.opts["final_episodes"]))
+        return scores
 
     # --- losses, split at the backbone features (computed once per hypergradient) ----------
     def _embed(self, x: Params, images: Tensor) -> Tensor:
