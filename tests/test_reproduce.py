@@ -86,7 +86,7 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path):
     checks = _rows(out / "table2_ordering.csv")
     assert [c["comparison"] for c in checks] == [f"{a} − {b}" for a, b in ORDERING]
     for c, (a, b) in zip(checks, ORDERING):
-        assert c["paired"] == "True" and c["holds"] == str(float(c["difference"]) >= 0)
+        assert c["pairing"] == "episodes" and c["holds"] == str(float(c["difference"]) >= 0)
         assert math.isclose(float(c["difference"]), 100 * (acc[a] - acc[b]), abs_tol=1e-9)
         assert 0.0 <= float(c["ci95"]) < 100
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
@@ -111,15 +111,75 @@ def test_difference_is_paired_over_common_episodes_else_from_the_two_intervals()
     a = _run({"accuracy": 0.75, "accuracy_ci95": 0.2, "episode_accuracies": [1.0, 0.5, 0.75]})
     b = _run({"accuracy": 5 / 12, "accuracy_ci95": 0.1, "episode_accuracies": [0.5, 0.5, 0.25]})
     # d = (50, 0, 50) points: mean 100/3, sd 50/√3, ci = 1.96·(50/√3)/√3 = 32.67 < 33.33
-    d = difference(a, b)
-    assert d["paired"] and d["holds"] and d["within_noise"] is False
+    d = difference([a], [b])
+    assert d["pairing"] == "episodes" and d["holds"] and d["within_noise"] is False
     assert math.isclose(d["difference"], 100 / 3) and math.isclose(d["ci95"], 1.96 * 50 / 3)
     old = _run({"accuracy": 0.7, "accuracy_ci95": 0.04})     # a run logged before the change
-    d = difference(old, a)
-    assert not d["paired"] and not d["holds"] and d["within_noise"]
+    d = difference([old], [a])
+    assert d["pairing"] == "none" and not d["holds"] and d["within_noise"]
     assert math.isclose(d["difference"], -5.0)
     assert math.isclose(d["ci95"], 100 * math.hypot(0.04, 0.2))
-    assert difference(_run({"inner_loss": 1.0}), a)["difference"] is None
+    assert difference([_run({"inner_loss": 1.0})], [a])["difference"] is None
+
+
+def test_over_seeds_cells_and_differences_take_the_seeds_t_interval():
+    from rabo.reproduce import accuracy_cell, seed_interval
+
+    # 0.90, 0.92, 0.94: mean 0.92, sd 0.02, t(.975, 2) = 4.3027: half-width 0.049683
+    mean, ci = seed_interval([0.90, 0.92, 0.94])
+    assert math.isclose(mean, 0.92) and math.isclose(ci, 4.302653 * 0.02 / math.sqrt(3),
+                                                     rel_tol=1e-6)
+    rows = [{"final_accuracy": v, "accuracy_ci95": 0.001} for v in (0.90, 0.92, 0.94)]
+    assert accuracy_cell(rows) == "92.00 ± 4.97" and accuracy_cell(rows[:1]) == "90.00 ± 0.10"
+    assert accuracy_cell([*rows, {"final_accuracy": None}]) == "—"
+    # per-seed differences (−1, 3) points, paired by seed (episodes ignored): mean 1,
+    # sd 2√2, t(.975, 1) = 12.706: half-width 12.706·2√2/√2 = 25.41
+    a = [_run({"accuracy": 0.90, "episode_accuracies": [1.0, 0.8]}), _run({"accuracy": 0.93})]
+    b = [_run({"accuracy": 0.91, "episode_accuracies": [0.9, 0.9]}), _run({"accuracy": 0.90})]
+    d = difference(a, b)
+    assert d["pairing"] == "seeds" and d["holds"] and d["within_noise"]
+    assert math.isclose(d["difference"], 1.0) and math.isclose(d["ci95"], 25.4124, rel_tol=1e-5)
+
+
+def test_seed_runs_names_and_seeds_and_leaves_the_config_alone():
+    from rabo.config import RunConfig
+    from rabo.reproduce import seed_runs
+
+    config = RunConfig(method="rabo", seed=3, problem_options={"ways": 5})
+    runs = seed_runs("rabo", config, 3)
+    assert {n: c.seed for n, c in runs.items()} == {"rabo": 3, "rabo-seed4": 4, "rabo-seed5": 5}
+    runs["rabo-seed4"].problem_options["ways"] = 20
+    assert config.seed == 3 and config.problem_options == {"ways": 5}
+    assert list(seed_runs("rabo", config, 1)) == ["rabo"]
+
+
+def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(tmp_path):
+    from rabo.reproduce import fewshot_base, fewshot_table, setting
+
+    base, file = fewshot_base(DATA + "/omniglot", True, 0, None)
+    grid = {"5w1s": {m: setting(base, "5w1s", file, method=m) for m in ("rabo", "static")}}
+    fewshot_table(tmp_path, "t", grid, "method", False, (("rabo", "static"),), seeds=2)
+    rows = _rows(tmp_path / "t.csv")
+    assert [(r["method"], r["seed"]) for r in rows] == [("rabo", "0"), ("rabo", "1"),
+                                                        ("static", "0"), ("static", "1")]
+    assert sorted(p.name for p in (tmp_path / "5w1s").iterdir()) == [
+        "rabo", "rabo-seed1", "static", "static-seed1"]
+    acc = [float(r["final_accuracy"]) for r in rows]
+    assert acc[0] != acc[1]          # another seed: other data, other test episodes
+    (check,) = _rows(tmp_path / "t_ordering.csv")
+    assert check["pairing"] == "seeds"
+    assert math.isclose(float(check["difference"]),
+                        100 * ((acc[0] - acc[2]) + (acc[1] - acc[3])) / 2, abs_tol=1e-9)
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[2].startswith(f"| rabo | {100 * (acc[0] + acc[1]) / 2:.2f} ± ")
+
+
+def test_seeds_must_be_positive_and_only_for_the_tables(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["reproduce", "table2", "--seeds", "0", "--out", out, "--quiet"]) == 2
+    assert "--seeds 0: must be an integer ≥ 1" in capsys.readouterr().err
+    assert main(["reproduce", "fig4", "--seeds", "2", "--out", out, "--quiet"]) == 2
+    assert "above 1 only with table2 or table3" in capsys.readouterr().err
 
 
 @pytest.mark.slow

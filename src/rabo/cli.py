@@ -120,6 +120,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the same pipeline at a size that finishes in minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="table2, table3: run every cell at this many consecutive seeds from "
+                        "--seed and report the seeds' mean ± 95 %% t-interval (default: 1)")
     p.add_argument("--validate", action="store_true",
                    help="few-shot: evaluate on held-out training alphabets (the last fifth of "
                         "them) instead of the test alphabets; for tuning configs/fewshot.toml")
@@ -276,7 +279,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import EXPERIMENTS
+    from .reproduce import EXPERIMENTS, SEEDED
 
     if args.threads is not None:
         if args.threads < 1:
@@ -286,10 +289,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / ("reproduce-" + args.experiment
                                       + ("-validate" if args.validate else ""))
+    if args.seeds < 1 or (args.seeds > 1 and args.experiment not in SEEDED):
+        raise ConfigError(f"--seeds {args.seeds}: must be an integer ≥ 1, and above 1 only "
+                          f"with {' or '.join(SEEDED)}")
+    extra = {"seeds": args.seeds} if args.experiment in SEEDED else {}
     files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                          seed=args.seed, progress=not args.quiet,
                                          settings=args.settings, config=args.config,
-                                         validate=args.validate)
+                                         validate=args.validate, **extra)
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 

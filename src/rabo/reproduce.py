@@ -27,6 +27,7 @@ client, 20 final test episodes).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -208,88 +209,125 @@ def setting(base: RunConfig, name: str, file: ConfigFile | None = None,
     return config
 
 
-def accuracy_cell(row: dict[str, Any]) -> str:
-    acc, ci = row.get("final_accuracy"), row.get("accuracy_ci95")
-    return "—" if acc is None else f"{100 * acc:.2f} ± {100 * (ci or 0.0):.2f}"
+def accuracy_cell(rows: list[dict[str, Any]]) -> str:
+    """A table cell in %: one run's final accuracy ± its 95 % interval over test episodes; over
+    several seeds, the seeds' mean ± the t-interval of the seeds (:func:`seed_interval`)."""
+    accs = [r.get("final_accuracy") for r in rows]
+    if any(a is None for a in accs):
+        return "—"
+    mean, ci = seed_interval(accs) if len(rows) > 1 else (accs[0], rows[0].get("accuracy_ci95"))
+    return f"{100 * mean:.2f} ± {100 * (ci or 0.0):.2f}"
 
 
-def difference(a: Run, b: Run) -> dict[str, Any]:
-    """Final accuracy of run ``a`` minus run ``b``, in points, with a 95 % interval: paired,
-    1.96·sd(a_e − b_e)/√E over the E test episodes both evaluated (every few-shot run sees the
-    same seeded episodes) where both logged ``episode_accuracies``; otherwise from the two runs'
-    own intervals as independent samples, √(ci_a² + ci_b²)."""
-    acc_a, acc_b = _last(a, "accuracy"), _last(b, "accuracy")
-    if acc_a is None or acc_b is None:
-        return {"difference": None, "ci95": None, "paired": False, "holds": None,
+def seed_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and 95 % half-width t_{.975, n−1}·sd/√n of n ≥ 2 per-seed values: training noise
+    (data order, client draws) and the seeds' different test episodes, which one run's episode
+    interval does not see."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def seed_runs(name: str, config: RunConfig, seeds: int) -> dict[str, RunConfig]:
+    """Run ``name`` at ``seeds`` consecutive seeds from its own: the first keeps ``name`` (so a
+    one-seed output directory stays valid), the others are ``name-seedS``."""
+    runs = {}
+    for s in range(config.seed, config.seed + seeds):
+        seeded = copy.deepcopy(config)
+        seeded.seed = s
+        runs[name if s == config.seed else f"{name}-seed{s}"] = seeded
+    return runs
+
+
+def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
+    """Final accuracy of ``a`` minus ``b`` (the same run at one or more seeds each), in points,
+    with a 95 % interval and how it pairs: over several seeds, the per-seed differences' mean ±
+    :func:`seed_interval` ("seeds"); for one run each, paired over the E test episodes both
+    evaluated, 1.96·sd(a_e − b_e)/√E, where both logged ``episode_accuracies`` (every few-shot
+    run of a seed sees the same episodes: "episodes"), otherwise from the two runs' own intervals
+    as independent samples, √(ci_a² + ci_b²) ("none")."""
+    acc_a, acc_b = [_last(r, "accuracy") for r in a], [_last(r, "accuracy") for r in b]
+    if None in acc_a or None in acc_b or len(a) != len(b):
+        return {"difference": None, "ci95": None, "pairing": None, "holds": None,
                 "within_noise": None}
-    ea, eb = _last(a, "episode_accuracies"), _last(b, "episode_accuracies")
-    paired = ea is not None and eb is not None and len(ea) == len(eb) > 1
-    if paired:
+    ea, eb = _last(a[0], "episode_accuracies"), _last(b[0], "episode_accuracies")
+    if len(a) > 1:
+        diff, ci = seed_interval([100 * (x - y) for x, y in zip(acc_a, acc_b)])
+        pairing = "seeds"
+    elif ea is not None and eb is not None and len(ea) == len(eb) > 1:
         d = 100 * (np.asarray(ea) - np.asarray(eb))
         diff, ci = float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))
+        pairing = "episodes"
     else:
-        diff = 100 * (acc_a - acc_b)
-        ci = 100 * float(np.hypot(_last(a, "accuracy_ci95") or 0.0,
-                                  _last(b, "accuracy_ci95") or 0.0))
-    return {"difference": diff, "ci95": ci, "paired": paired, "holds": diff >= 0,
+        diff = 100 * (acc_a[0] - acc_b[0])
+        ci = 100 * float(np.hypot(_last(a[0], "accuracy_ci95") or 0.0,
+                                  _last(b[0], "accuracy_ci95") or 0.0))
+        pairing = "none"
+    return {"difference": diff, "ci95": ci, "pairing": pairing, "holds": diff >= 0,
             "within_noise": abs(diff) <= ci}
 
 
 def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
-                  progress: bool, ordering: tuple[tuple[str, str], ...] = ()) -> list[Path]:
-    """Run ``grid`` (setting → run name → config) into ``out/<setting>/<run>``; write
-    ``stem``.csv (one row per run: setting, accuracy, interval, cost), ``stem``.md (rows:
-    runs, columns: settings, "acc ± ci95" in %) and an accuracy-vs-round plot per setting;
-    with ``ordering`` (pairs of run names, first expected ≥ second), ``stem``_ordering.csv/.md:
-    each pair's :func:`difference` per setting."""
+                  progress: bool, ordering: tuple[tuple[str, str], ...] = (),
+                  seeds: int = 1) -> list[Path]:
+    """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
+    ``out/<setting>/<run>``; write ``stem``.csv (one row per run and seed: setting, accuracy,
+    interval, cost), ``stem``.md (rows: runs, columns: settings, "acc ± ci95" in %, over seeds
+    where several) and an accuracy-vs-round plot per setting (first seed); with ``ordering``
+    (pairs of run names, first expected ≥ second), ``stem``_ordering.csv/.md: each pair's
+    :func:`difference` per setting."""
     out.mkdir(parents=True, exist_ok=True)
     rows, files, checks = [], [], []
+    wide: dict[str, dict[str, str]] = {}
     for name, configs in grid.items():
-        paths = run_grid({f"{name}/{run_name}": c for run_name, c in configs.items()}, out,
-                         progress)
+        flat = [(run_name, d, c) for run_name, config in configs.items()
+                for d, c in seed_runs(run_name, config, seeds).items()]
+        paths = run_grid({f"{name}/{d}": c for _, d, c in flat}, out, progress)
         table = cost_table(paths)
-        for run_name, row in zip(configs, table):
-            row.update({"setting": name, row_key: run_name})
+        runs: dict[str, list[Run]] = {r: [] for r in configs}
+        for (run_name, _, c), row, loaded in zip(flat, table, load_runs(paths)):
+            row.update({"setting": name, row_key: run_name, "seed": c.seed})
+            runs[run_name].append(loaded)
         rows += table
+        for r in configs:
+            wide.setdefault(r, {row_key: r})[name] = accuracy_cell(
+                [row for row in table if row[row_key] == r])
         files.append(out / f"{stem}_{name}_accuracy.png")
-        runs = dict(zip(configs, load_runs(paths)))
-        plot(list(runs.values()), [("accuracy", f"{name} test accuracy", False)], "rounds",
-             files[-1])
+        plot([rs[0] for rs in runs.values()], [("accuracy", f"{name} test accuracy", False)],
+             "rounds", files[-1])
         checks += [{"setting": name, "comparison": f"{a} − {b}"} | difference(runs[a], runs[b])
                    for a, b in ordering]
     columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
-        "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio", "bytes_ratio",
-        "gflops", "mb", "wall_seconds"]
+        "seed", "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio",
+        "bytes_ratio", "gflops", "mb", "wall_seconds"]
     files.append(write_csv(rows, columns, out / f"{stem}.csv"))
-    wide = {r[row_key]: {row_key: r[row_key]} for r in rows}
-    for r in rows:
-        wide[r[row_key]][r["setting"]] = accuracy_cell(r)
     files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
     if checks:
-        files += write_table(checks, ["setting", "comparison", "difference", "ci95", "paired",
+        files += write_table(checks, ["setting", "comparison", "difference", "ci95", "pairing",
                                       "holds", "within_noise"], out, f"{stem}_ordering")
     return files
 
 
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None, validate: bool = False) -> list[Path]:
+           config: Path | None = None, validate: bool = False, seeds: int = 1) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
-    return fewshot_table(out, "table2", grid, "method", progress, ORDERING)
+    return fewshot_table(out, "table2", grid, "method", progress, ORDERING, seeds)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None, validate: bool = False) -> list[Path]:
+           config: Path | None = None, validate: bool = False, seeds: int = 1) -> list[Path]:
     """Table III: RABO and RAFBO as the number of clients grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in ("rabo", "rafbo") for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
-    return fewshot_table(out, "table3", grid, "run", progress)
+    return fewshot_table(out, "table3", grid, "run", progress, seeds=seeds)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
@@ -333,3 +371,4 @@ def channel_cover(segments: list, channels: int = 64) -> int:
 
 
 EXPERIMENTS = {"fig6": fig6, "table2": table2, "table3": table3, "fig4": fig4}
+SEEDED = ("table2", "table3")    # the experiments that take --seeds
