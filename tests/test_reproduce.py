@@ -174,14 +174,6 @@ def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(t
     assert md[2].startswith(f"| rabo | {100 * (acc[0] + acc[1]) / 2:.2f} ± ")
 
 
-def test_seeds_must_be_positive_and_only_for_the_tables(tmp_path, capsys):
-    out = str(tmp_path / "out")
-    assert main(["reproduce", "table2", "--seeds", "0", "--out", out, "--quiet"]) == 2
-    assert "--seeds 0: must be an integer ≥ 1" in capsys.readouterr().err
-    assert main(["reproduce", "fig4", "--seeds", "2", "--out", out, "--quiet"]) == 2
-    assert "above 1 only with table2 or table3" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_table3_quick_on_omniglot(tmp_path):
     out = tmp_path / "table3"
@@ -196,12 +188,15 @@ def test_table3_quick_on_omniglot(tmp_path):
     assert (out / "table3.md").read_text().splitlines()[0] == "| run | 5w1s | 5w5s |"
 
 
-def test_unknown_setting_and_fewshot_options_on_fig6_are_config_errors(tmp_path, capsys):
-    out = str(tmp_path / "out")
-    assert main(["reproduce", "table2", "--settings", "7w1s", "--out", out, "--quiet"]) == 2
-    assert "unknown few-shot setting '7w1s'" in capsys.readouterr().err
-    assert main(["reproduce", "fig6", "--settings", "5w1s", "--out", out, "--quiet"]) == 2
-    assert "fig6 takes neither --settings nor --config" in capsys.readouterr().err
+@pytest.mark.parametrize("args, message", [
+    (["table2", "--settings", "7w1s"], "unknown few-shot setting '7w1s'"),
+    (["fig6", "--settings", "5w1s"], "fig6 takes neither --settings nor --config"),
+    (["table2", "--seeds", "0"], "--seeds 0: must be an integer ≥ 1"),
+    (["fig4", "--seeds", "2"], "--seeds 2: only table2 and table3 run several seeds; fig4 takes 1"),
+])
+def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
+    assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):

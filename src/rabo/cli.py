@@ -289,9 +289,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / ("reproduce-" + args.experiment
                                       + ("-validate" if args.validate else ""))
-    if args.seeds < 1 or (args.seeds > 1 and args.experiment not in SEEDED):
-        raise ConfigError(f"--seeds {args.seeds}: must be an integer ≥ 1, and above 1 only "
-                          f"with {' or '.join(SEEDED)}")
+    if args.seeds != 1 and args.experiment not in SEEDED:
+        raise ConfigError(f"--seeds {args.seeds}: only {' and '.join(SEEDED)} run several "
+                          f"seeds; {args.experiment} takes 1")
     extra = {"seeds": args.seeds} if args.experiment in SEEDED else {}
     files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                          seed=args.seed, progress=not args.quiet,

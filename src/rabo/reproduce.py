@@ -232,6 +232,8 @@ def seed_interval(values: list[float]) -> tuple[float, float]:
 def seed_runs(name: str, config: RunConfig, seeds: int) -> dict[str, RunConfig]:
     """Run ``name`` at ``seeds`` consecutive seeds from its own: the first keeps ``name`` (so a
     one-seed output directory stays valid), the others are ``name-seedS``."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be an integer ≥ 1")
     runs = {}
     for s in range(config.seed, config.seed + seeds):
         seeded = copy.deepcopy(config)
