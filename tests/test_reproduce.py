@@ -262,6 +262,27 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path, capsys):
     assert (path / "metrics.jsonl").read_text() == before  # nothing lost
 
 
+def test_a_finished_run_is_reused_whatever_way_its_data_dir_is_written(tmp_path, monkeypatch):
+    from rabo.config import RunConfig
+    from rabo.errors import ConfigError
+    from rabo.reproduce import run_grid
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "other")
+    (path,) = run_grid({"r": RunConfig(rounds=2, eval_every=2, data_dir="../data")}, tmp_path,
+                       progress=False)
+    before = (path / "metrics.jsonl").read_text()
+    for same in (str(tmp_path / "data"), str(tmp_path / "link"), "../other/../data/"):
+        run_grid({"r": RunConfig(rounds=2, eval_every=2, data_dir=same)}, tmp_path,
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"holds a run with data_dir='\.\./data', not "):
+        run_grid({"r": RunConfig(rounds=2, eval_every=2, data_dir=str(tmp_path / "other"))},
+                 tmp_path, progress=False)
+    assert (path / "metrics.jsonl").read_text() == before
+
+
 def test_config_file_setting_and_method_tables_refine_the_base_for_their_runs_only(tmp_path):
     from rabo.errors import ConfigError
     from rabo.reproduce import fewshot_base, setting
