@@ -115,7 +115,7 @@ def _check_reusable(path: Path, config: RunConfig) -> None:
 
 def _same_dir(a: str | None, b: str | None) -> bool:
     """Whether two ``data_dir`` values name the same directory, however each was written
-    (relative to another working directory, through ``..`` or a symbolic link)."""
+    (absolute or relative, through ``..`` or a symbolic link), both resolved from here."""
     return a == b or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
 
 
