@@ -111,6 +111,22 @@ def test_resume_with_a_changed_config_names_the_keys(finished, capsys):
     _one_line_error(capsys, "differs in outer_lr, rounds")
 
 
+def test_resume_compares_data_dir_as_a_directory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    out = tmp_path / "done"
+    assert main(["run", "quadratic", "--rounds", "2", "--out", str(out), "--data-dir", "../data",
+                 "--no-progress"]) == 0
+    # the same directory written absolutely is no difference; another directory is
+    assert main(["run", "quadratic", "--resume", str(out), "--rounds", "5",
+                 "--data-dir", str(tmp_path / "data")]) == 2
+    _one_line_error(capsys, "differs in rounds;")
+    assert main(["run", "quadratic", "--resume", str(out), "--rounds", "5",
+                 "--data-dir", str(tmp_path / "other")]) == 2
+    _one_line_error(capsys, "differs in data_dir, rounds;")
+
+
 def test_corrupted_checkpoint_is_one_line(finished, capsys):
     path = finished / "checkpoint" / "state.safetensors"
     path.write_bytes(path.read_bytes()[:50])

@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 from . import checkpoint
-from .config import ConfigFile, RunConfig, apply, load_toml, parse_sets, parse_value, split_config
+from .config import (
+    ConfigFile,
+    RunConfig,
+    apply,
+    differing_keys,
+    load_toml,
+    parse_sets,
+    parse_value,
+    split_config,
+)
 from .errors import ConfigError, DataError, RaboError
 from .experiment import Experiment, build
 from .methods import METHODS, get_method
@@ -202,7 +211,7 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
     exp = build(config)
     if _given(args):
         wanted = build(config_from_args(args)).config.to_dict()
-        differ = sorted(k for k in wanted if wanted[k] != saved.get(k))
+        differ = differing_keys(saved, wanted)
         if differ:
             raise ConfigError(f"resume of {str(out)!r} refused: the config differs in "
                               f"{', '.join(differ)}; resume without changing it")

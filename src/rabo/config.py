@@ -95,6 +95,20 @@ def check_device(device: str) -> None:
                           f"CUDA device(s)")
 
 
+def differing_keys(saved: dict[str, Any], now: dict[str, Any],
+                   ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys of ``now`` (a config as JSON) whose values differ from ``saved`` (a run's
+    config.json), ``ignore`` aside, sorted. ``data_dir`` compares as a directory, however it was
+    written (absolute or relative, through ``..`` or a symbolic link; resolved from here), so
+    the same data spelled another way does not refuse a resume or a reuse."""
+    def same(key: str) -> bool:
+        a, b = saved.get(key), now[key]
+        if key == "data_dir" and a is not None and b is not None:
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+    return sorted(k for k in now if k not in ignore and not same(k))
+
+
 def parse_value(key: str, text: Any, kind: type) -> Any:
     """Coerce a --set or TOML value to the field's type, or raise naming key, value and type."""
     if not isinstance(text, str):

@@ -39,7 +39,15 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .config import PAPER_CAPACITIES, ConfigFile, RunConfig, apply, load_toml, split_config
+from .config import (
+    PAPER_CAPACITIES,
+    ConfigFile,
+    RunConfig,
+    apply,
+    differing_keys,
+    load_toml,
+    split_config,
+)
 from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
@@ -100,23 +108,16 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 
 def _check_reusable(path: Path, config: RunConfig) -> None:
     """A finished run is reused, an unfinished one resumed, only if it ran with ``config`` (up
-    to :data:`RUNTIME_FIELDS`, and ``data_dir`` compared as a directory, not as written), so a
-    changed config file never silently reuses old results."""
+    to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a changed config file
+    never silently reuses old results."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
-    for key in sorted(set(now) - set(RUNTIME_FIELDS)):
-        if key == "data_dir" and _same_dir(saved.get(key), now[key]):
-            continue
-        if saved.get(key) != now[key]:
-            raise ConfigError(f"{path} holds a run with {key}={saved.get(key)!r}, "
-                              f"not {now[key]!r}: use another --out, or delete that directory "
-                              f"to rerun it")
-
-
-def _same_dir(a: str | None, b: str | None) -> bool:
-    """Whether two ``data_dir`` values name the same directory, however each was written
-    (absolute or relative, through ``..`` or a symbolic link), both resolved from here."""
-    return a == b or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
+    differ = differing_keys(saved, now, RUNTIME_FIELDS)
+    if differ:
+        key = differ[0]
+        raise ConfigError(f"{path} holds a run with {key}={saved.get(key)!r}, "
+                          f"not {now[key]!r}: use another --out, or delete that directory "
+                          f"to rerun it")
 
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
