@@ -1,5 +1,5 @@
 """Width-scalable models: channel plans couple dimensions so that a submodel on genuinely smaller
-tensors computes exactly what the full model computes with the pruned channels zeroed (SPEC §4)."""
+tensors computes exactly what the full model computes with the pruned channels zeroed (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 
@@ -124,12 +124,12 @@ def test_submodel_forward_equals_zeroed_full_model(case, capacity):
 
 
 def test_fewshot_head_follows_backbone_features():
-    """x = Conv-4 backbone, y = linear head: merged plan, head columns follow blocks.3."""
+    """x = Conv-4 backbone, y = linear head: merged plan, head columns follow the last block."""
     model, _, params, inputs = make("conv4")
     plan = merge_plans(model.channel_plan("backbone."),
                        head_plan(model.feature_axis("backbone."), model.feature_channels))
-    assert plan.dims["head.weight"] == (None, Axis("backbone.blocks.3", 1))
-    assert plan.groups["backbone.blocks.3"] == 64
+    assert plan.dims["head.weight"] == (None, Axis("backbone.blocks.3.conv", 1))
+    assert plan.groups["backbone.blocks.3.conv"] == 64
     torch.manual_seed(3)
     x = {f"backbone.{n}": p for n, p in params.items()}
     y = {"head.weight": torch.randn(5, 64, dtype=torch.float64),
@@ -188,7 +188,7 @@ def test_resnet12_shares_one_group_across_each_skip():
     d = plan.dims
     for i in range(3):
         out = d[f"blocks.{i}.conv3.weight"][0]
-        assert out == Axis(f"blocks.{i}")
+        assert out == Axis(f"blocks.{i}.conv3")  # named after its first producing layer
         assert d[f"blocks.{i}.shortcut.weight"][0] == out
         assert d[f"blocks.{i}.bn3.weight"] == d[f"blocks.{i}.shortcut_bn.bias"] == (out,)
         assert d[f"blocks.{i + 1}.conv1.weight"][1] == out
@@ -206,7 +206,7 @@ def test_resnet18_shares_one_group_across_each_skip():
         assert d[f"layer1.{b}.conv1.weight"][1] == stem
     for s in (2, 3, 4):
         out = d[f"layer{s}.0.conv2.weight"][0]
-        assert out == Axis(f"layer{s}.0")
+        assert out == Axis(f"layer{s}.0.conv2")
         assert d[f"layer{s}.0.shortcut.weight"][0] == out
         assert d[f"layer{s}.0.shortcut_bn.weight"] == d[f"layer{s}.0.bn2.bias"] == (out,)
         assert d[f"layer{s}.1.conv1.weight"][1] == out

@@ -1,8 +1,9 @@
-"""Width-scalable networks and their channel plans (SPEC §4, §7).
+"""Width-scalable networks and their channel plans (docs/algorithm.md §4, §7).
 
-Every model is a plain ``torch.nn.Module`` of stock layers with a ``channel_plan(prefix="")``
-method: a :class:`~rabo.submodel.ChannelPlan` keyed by ``prefix`` + its ``named_parameters()``
-names. A client runs the stock module on its genuinely smaller tensors::
+Every model is a plain ``torch.nn.Module`` of stock layers whose ``channel_plan(prefix="")`` is
+traced from one forward (:func:`trace_plan`): a :class:`~rabo.submodel.ChannelPlan` keyed by
+``prefix`` + its ``named_parameters()`` names. A client runs the stock module on its genuinely
+smaller tensors::
 
     model, plan = build("conv4")
     sub = plan.extract(dict(model.named_parameters()), index)
@@ -25,8 +26,9 @@ from torch import nn
 from ..errors import lookup
 from ..submodel import ChannelPlan
 from .convnets import MLP, Conv4, ConvBlock, SmallCNN
-from .plans import BlockBackbone, PlanBuilder, head_plan, merge_plans
+from .plans import BlockBackbone, Planned, head_plan, merge_plans, with_prefix
 from .resnets import BasicBlock, ResNet12, ResNet12Block, ResNet18
+from .trace import PlanError, check_plan, output_axis, trace_plan
 
 
 def conv4(in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> Conv4:
@@ -91,7 +93,8 @@ def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
 
 
 __all__ = [
-    "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanBuilder", "ResNet12",
-    "ResNet12Block", "ResNet18", "SmallCNN", "build", "conv4", "fresh_params", "head_plan", "merge_plans", "mlp",
-    "resnet12", "resnet18", "small_cnn",
+    "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanError", "Planned",
+    "ResNet12", "ResNet12Block", "ResNet18", "SmallCNN", "build", "check_plan", "conv4",
+    "fresh_params", "head_plan", "merge_plans", "mlp", "output_axis", "resnet12", "resnet18",
+    "small_cnn", "trace_plan", "with_prefix",
 ]

@@ -1,4 +1,4 @@
-"""Plain width-scalable networks: Conv-4 (few-shot backbone), a small CNN and an MLP (SPEC §7).
+"""Plain width-scalable networks: Conv-4 (few-shot backbone), a small CNN and an MLP (docs/algorithm.md §7).
 
 BatchNorm keeps no running statistics (HeteroFL's static BN): it always normalises with the
 batch's own statistics, so a submodel needs no calibration and has no buffers to slice.
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..submodel import Axis, ChannelPlan
-from .plans import BlockBackbone, PlanBuilder
+from .plans import BlockBackbone, Planned
 
 
 class ConvBlock(nn.Module):
@@ -28,12 +27,6 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(nn.functional.max_pool2d(self.bn(self.conv(x)), 2))
 
-    def add_to(self, plan: PlanBuilder, name: str, inp: Axis | None) -> Axis:
-        """Declare this block's axes; returns the group of its output channels."""
-        out = plan.group(name, self.conv.out_channels)
-        plan.layer(f"{name}.conv", self.conv, out, inp)
-        plan.layer(f"{name}.bn", self.bn, out)
-        return out
 
 
 class Conv4(BlockBackbone):
@@ -46,12 +39,16 @@ class Conv4(BlockBackbone):
                                       for i in range(4)))
         self.spatial = _pooled(image_size, 4) ** 2
         self.feature_channels = hidden
+        self.input_shape = (in_channels, image_size, image_size)
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, *self.input_shape)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).flatten(1)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Planned):
     """conv 32 → ReLU → pool → conv 64 → ReLU → pool → flatten (64·7·7 from 28×28) → linear 128 →
     ReLU → linear ``num_classes``: the MNIST / Fashion-MNIST classifier of loss tuning."""
 
@@ -63,26 +60,18 @@ class SmallCNN(nn.Module):
         self.spatial = _pooled(image_size, 2) ** 2
         self.fc1 = nn.Linear(channels[1] * self.spatial, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
+        self.input_shape = (in_channels, image_size, image_size)
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, *self.input_shape)
 
     def forward(self, x: Tensor) -> Tensor:  # pool before ReLU: they commute (see ConvBlock)
         x = torch.relu(nn.functional.max_pool2d(self.conv1(x), 2))
         x = torch.relu(nn.functional.max_pool2d(self.conv2(x), 2))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
-    def channel_plan(self, prefix: str = "") -> ChannelPlan:
-        plan = PlanBuilder(prefix)
-        c1 = plan.group("conv1", self.conv1.out_channels)
-        plan.layer("conv1", self.conv1, c1, None)
-        c2 = plan.group("conv2", self.conv2.out_channels)
-        plan.layer("conv2", self.conv2, c2, c1)
-        h = plan.group("fc1", self.fc1.out_features)
-        # flatten of C×H×W: channel c owns feature columns c·HW … c·HW+HW−1
-        plan.layer("fc1", self.fc1, h, Axis(c2.group, self.spatial))
-        plan.layer("fc2", self.fc2, None, h)
-        return plan.build()
 
-
-class MLP(nn.Module):
+class MLP(Planned):
     """Linear → ReLU → … → linear ``num_classes`` (scikit-learn digits: 64 inputs)."""
 
     def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10):
@@ -90,21 +79,14 @@ class MLP(nn.Module):
         sizes = [in_features, *hidden, num_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, self.layers[0].in_features)
+
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
         return self.layers[-1](x)
-
-    def channel_plan(self, prefix: str = "") -> ChannelPlan:
-        plan = PlanBuilder(prefix)
-        inp = None
-        for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            out = None if last else plan.group(f"layers.{i}", layer.out_features)
-            plan.layer(f"layers.{i}", layer, out, inp)
-            inp = out
-        return plan.build()
 
 
 def _pooled(size: int, times: int) -> int:

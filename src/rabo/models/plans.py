@@ -1,51 +1,42 @@
-"""Channel plans of width-scalable networks (SPEC §4): which channel group every parameter
-dimension follows, so that a client's submodel is the dense slice along the kept channels.
-
-Coupling rules: a layer's output channels are the next layer's input channels and its norm's
-channels; a flatten into a linear layer maps channel c to its ``repeat`` feature columns; a
-residual block's output, its shortcut's output and the block input (identity skip) share one
-group; network inputs and class outputs follow no group (always full).
+"""Channel plans of width-scalable networks (docs/algorithm.md §4): which channel group every
+parameter dimension follows, so that a client's submodel is the dense slice along the kept
+channels. Every built-in model's plan is traced from the model (:mod:`rabo.models.trace`), the
+same way a user's model gets its plan; this module adds the pieces that join plans.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..submodel import Axis, ChannelPlan
+from .trace import output_axis, trace_plan
 
 
-class PlanBuilder:
-    """Collects groups and tensor axes while a model walks its layers; names get ``prefix``."""
+class Planned(nn.Module):
+    """A model whose channel plan is traced (:func:`~rabo.models.trace.trace_plan`) from one
+    forward on :meth:`example_input`; ``full_outputs`` False keeps the output features a
+    channel group, for a backbone whose features a head consumes."""
 
-    def __init__(self, prefix: str = ""):
-        self.prefix = prefix
-        self.groups: dict[str, int] = {}
-        self.dims: dict[str, tuple[Axis | None, ...]] = {}
+    full_outputs = True
 
-    def group(self, name: str, channels: int) -> Axis:
-        """A new channel group of ``channels`` channels (the output channels of layer ``name``)."""
-        key = self.prefix + name
-        if key in self.groups:
-            raise ValueError(f"channel group {key!r} is declared twice")
-        self.groups[key] = channels
-        return Axis(key)
+    def example_input(self) -> Tensor:
+        """A small input batch of the right shape (zeros; float32)."""
+        raise NotImplementedError
 
-    def layer(self, name: str, module: nn.Module, out: Axis | None, inp: Axis | None = None) -> None:
-        """Axes of a conv / linear / norm layer's own parameters: a weight's dims 0 and 1 follow
-        ``out`` and ``inp`` (kernel dims stay full); 1-D tensors (bias, norm affine) follow ``out``."""
-        for pname, p in module.named_parameters(recurse=False):
-            axes = (out,) if p.ndim == 1 else (out, inp) + (None,) * (p.ndim - 2)
-            self.dims[f"{self.prefix}{name}.{pname}"] = axes
+    def traced_input(self) -> Tensor:
+        return self.example_input().to(next(self.parameters()).dtype)
 
-    def build(self) -> ChannelPlan:
-        return ChannelPlan(dict(self.groups), dict(self.dims))
+    def channel_plan(self, prefix: str = "") -> ChannelPlan:
+        """The plan keyed by ``prefix`` + the ``named_parameters()`` names."""
+        return with_prefix(trace_plan(self, self.traced_input(), self.full_outputs), prefix)
 
 
-class BlockBackbone(nn.Module):
-    """A feature extractor that chains ``blocks``, each declaring its own axes with
-    ``add_to(plan, name, inp) -> out``; the features are the last block's channels, each over
-    ``spatial`` columns (its flattened map; 1 when pooled). Subclasses set the attributes."""
+class BlockBackbone(Planned):
+    """A feature extractor that chains ``blocks``; its features are the last block's
+    ``feature_channels`` channels, each over ``spatial`` columns (its flattened map; 1 when
+    pooled). Subclasses set the attributes."""
 
+    full_outputs = False
     blocks: nn.Sequential
     spatial: int
     feature_channels: int
@@ -54,16 +45,19 @@ class BlockBackbone(nn.Module):
     def out_features(self) -> int:
         return self.feature_channels * self.spatial
 
-    def channel_plan(self, prefix: str = "") -> ChannelPlan:
-        plan = PlanBuilder(prefix)
-        inp = None
-        for i, block in enumerate(self.blocks):
-            inp = block.add_to(plan, f"blocks.{i}", inp)
-        return plan.build()
-
     def feature_axis(self, prefix: str = "") -> Axis:
         """The group the output features follow: a head's input columns follow it."""
-        return Axis(f"{prefix}blocks.{len(self.blocks) - 1}", self.spatial)
+        axis = output_axis(self, self.traced_input())
+        assert axis is not None and axis.repeat == self.spatial
+        return Axis(prefix + axis.group, axis.repeat)
+
+
+def with_prefix(plan: ChannelPlan, prefix: str) -> ChannelPlan:
+    """``plan`` with ``prefix`` before every tensor and group name (a module inside a larger
+    one, e.g. the backbone of a few-shot problem)."""
+    return ChannelPlan({prefix + g: c for g, c in plan.groups.items()},
+                       {prefix + n: tuple(None if a is None else Axis(prefix + a.group, a.repeat)
+                                          for a in axes) for n, axes in plan.dims.items()})
 
 
 def head_plan(features: Axis, channels: int, prefix: str = "head.") -> ChannelPlan:

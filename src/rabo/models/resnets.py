@@ -1,4 +1,4 @@
-"""Width-scalable residual networks: the few-shot ResNet-12 and the CIFAR ResNet-18 (SPEC §7).
+"""Width-scalable residual networks: the few-shot ResNet-12 and the CIFAR ResNet-18 (docs/algorithm.md §7).
 
 A residual sum adds the block's last BN output to the shortcut channel by channel, so both
 (and, for an identity shortcut, the block input) follow ONE channel group: a submodel keeps the
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..submodel import Axis, ChannelPlan
-from .plans import BlockBackbone, PlanBuilder
+from .plans import BlockBackbone, Planned
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -43,21 +42,6 @@ class ResNet12Block(nn.Module):
         out = self.bn3(self.conv3(out)) + self.shortcut_bn(self.shortcut(x))
         return nn.functional.max_pool2d(act(out, 0.1), 2)
 
-    def add_to(self, plan: PlanBuilder, name: str, inp: Axis | None) -> Axis:
-        """Declare this block's axes; returns the group shared across the skip (its output)."""
-        mid1 = plan.group(f"{name}.conv1", self.conv1.out_channels)
-        mid2 = plan.group(f"{name}.conv2", self.conv2.out_channels)
-        out = plan.group(name, self.conv3.out_channels)
-        plan.layer(f"{name}.conv1", self.conv1, mid1, inp)
-        plan.layer(f"{name}.bn1", self.bn1, mid1)
-        plan.layer(f"{name}.conv2", self.conv2, mid2, mid1)
-        plan.layer(f"{name}.bn2", self.bn2, mid2)
-        plan.layer(f"{name}.conv3", self.conv3, out, mid2)
-        plan.layer(f"{name}.bn3", self.bn3, out)
-        plan.layer(f"{name}.shortcut", self.shortcut, out, inp)
-        plan.layer(f"{name}.shortcut_bn", self.shortcut_bn, out)
-        return out
-
 
 class ResNet12(BlockBackbone):
     """The few-shot ResNet-12: four ResNet12Blocks, global average pool → ``widths[-1]`` features.
@@ -69,6 +53,10 @@ class ResNet12(BlockBackbone):
         self.blocks = nn.Sequential(*(ResNet12Block(a, b) for a, b in zip(ins, widths)))
         self.spatial = 1  # global average pool
         self.feature_channels = widths[-1]
+        self.in_channels = in_channels
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, self.in_channels, 16, 16)   # four max-pools of 2
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).mean(dim=(2, 3))
@@ -94,22 +82,8 @@ class BasicBlock(nn.Module):
         skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
         return torch.relu(out + skip)
 
-    def add_to(self, plan: PlanBuilder, name: str, inp: Axis) -> Axis:
-        """Declare this block's axes; returns the group shared across the skip: a new one with a
-        shortcut conv, else the input's own (the identity skip adds input channel c to output c)."""
-        mid = plan.group(f"{name}.conv1", self.conv1.out_channels)
-        out = inp if self.shortcut is None else plan.group(name, self.conv2.out_channels)
-        plan.layer(f"{name}.conv1", self.conv1, mid, inp)
-        plan.layer(f"{name}.bn1", self.bn1, mid)
-        plan.layer(f"{name}.conv2", self.conv2, out, mid)
-        plan.layer(f"{name}.bn2", self.bn2, out)
-        if self.shortcut is not None:
-            plan.layer(f"{name}.shortcut", self.shortcut, out, inp)
-            plan.layer(f"{name}.shortcut_bn", self.shortcut_bn, out)
-        return out
 
-
-class ResNet18(nn.Module):
+class ResNet18(Planned):
     """CIFAR ResNet-18: 3×3 stem (no max-pool), four stages of two BasicBlocks with widths
     64…512 (stride 2 from stage 2), global average pool, linear ``num_classes``."""
 
@@ -122,6 +96,10 @@ class ResNet18(nn.Module):
             nn.Sequential(BasicBlock(a, b, 1 if s == 0 else 2), BasicBlock(b, b))
             for s, (a, b) in enumerate(zip(ins, widths)))
         self.fc = nn.Linear(widths[-1], num_classes)
+        self.in_channels = in_channels
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, self.in_channels, 32, 32)
 
     def stages(self) -> tuple[nn.Sequential, ...]:
         return self.layer1, self.layer2, self.layer3, self.layer4
@@ -131,14 +109,3 @@ class ResNet18(nn.Module):
         for stage in self.stages():
             x = stage(x)
         return self.fc(x.mean(dim=(2, 3)))
-
-    def channel_plan(self, prefix: str = "") -> ChannelPlan:
-        plan = PlanBuilder(prefix)
-        inp = plan.group("conv1", self.conv1.out_channels)  # the stem's group runs through stage 1
-        plan.layer("conv1", self.conv1, inp, None)
-        plan.layer("bn1", self.bn1, inp)
-        for s, stage in enumerate(self.stages(), start=1):
-            for b, block in enumerate(stage):
-                inp = block.add_to(plan, f"layer{s}.{b}", inp)
-        plan.layer("fc", self.fc, None, inp)
-        return plan.build()
