@@ -64,7 +64,15 @@ def _check_accuracy(row: dict[str, str]) -> None:
     assert 0.0 <= acc <= 1.0 and 0.0 < ci < 0.5
 
 
-def test_table2_and_fig4_quick_on_omniglot(tmp_path):
+def _strip_models(out: Path) -> None:
+    """Leave only what results/ commits: delete model files and checkpoints."""
+    for model in out.rglob("*.safetensors"):
+        model.unlink()
+    for kept in list(out.rglob("checkpoint")):
+        shutil.rmtree(kept)
+
+
+def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
     out = tmp_path / "fewshot"
     args = ["--quick", "--settings", "5w1s", "--data-dir", DATA, "--out", str(out), "--quiet"]
     assert main(["reproduce", "table2", *args]) == 0
@@ -98,6 +106,15 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path):
         assert c["pairing"] == "episodes" and c["holds"] == str(float(c["difference"]) >= 0)
         assert math.isclose(float(c["difference"]), 100 * (acc[a] - acc[b]), abs_tol=1e-9)
         assert 0.0 <= float(c["ci95"]) < 100
+    # over text alone (no model files, no checkpoints) the same command trains nothing and
+    # writes the same bytes
+    tables = {p: p.read_bytes() for p in out.glob("table2*")}
+    assert len(tables) == 6
+    _strip_models(out)
+    with monkeypatch.context() as patch:
+        patch.setattr("rabo.reproduce.run", _trains)
+        assert main(["reproduce", "table2", *args]) == 0
+    assert {p: p.read_bytes() for p in out.glob("table2*")} == tables
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
     assert main(["reproduce", "fig4", *args]) == 0
     cost = {r["method"]: r for r in _rows(out / "fig4_cost_5w1s.csv")}
@@ -220,10 +237,7 @@ def test_a_rerun_over_text_results_alone_trains_nothing_and_writes_the_same_byte
     assert {f.name for f in files} == {"t.csv", "t_runs.csv", "t.md", "t_5w1s_accuracy.png",
                                        "t_ordering.csv", "t_ordering.md"}
     before = {f: f.read_bytes() for f in files}
-    for model in out.rglob("*.safetensors"):
-        model.unlink()
-    for kept in list(out.rglob("checkpoint")):
-        shutil.rmtree(kept)
+    _strip_models(out)
     texts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.json*")}
     monkeypatch.setattr(reproduce, "run", _trains)
     again = reproduce.fewshot_table(out, "t", _seeded_grid(), "method", False,
