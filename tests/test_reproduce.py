@@ -298,6 +298,7 @@ def test_a_run_with_partial_metrics_and_no_checkpoint_starts_over_and_finishes(t
     run again from round 0, into the same files, and files rabo did not write stay."""
     from rabo import reproduce
     from rabo.config import RunConfig
+    from rabo.errors import ConfigError
 
     config = RunConfig(method="rabo", rounds=3, eval_every=3)
     (path,) = reproduce.run_grid({"r": config}, tmp_path, progress=False)
@@ -306,6 +307,11 @@ def test_a_run_with_partial_metrics_and_no_checkpoint_starts_over_and_finishes(t
     shutil.rmtree(path / "checkpoint")
     (path / "metrics.jsonl").write_text("\n".join(whole[:2]) + "\n" + whole[2][:20])
     (path / "notes.txt").write_text("mine")
+    partial = (path / "metrics.jsonl").read_text()
+    other = RunConfig(method="rabo", rounds=3, eval_every=3, outer_lr=0.2)
+    with pytest.raises(ConfigError, match=r"holds a run with outer_lr=2\.0, not 0\.2"):
+        reproduce.run_grid({"r": other}, tmp_path, progress=False)    # never overwritten
+    assert (path / "metrics.jsonl").read_text() == partial
     real, calls = reproduce.run, []
 
     def spy(exp, out, progress, resume):

@@ -145,9 +145,8 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 
 def _check_reusable(path: Path, config: RunConfig) -> None:
     """A finished run is reused, an unfinished one resumed or restarted, only if it ran with
-    ``config`` (up
-    to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a changed config file
-    never silently reuses old results."""
+    ``config`` (up to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a
+    changed config file never silently reuses old results, nor overwrites them."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     differ = differing_keys(saved, now, RUNTIME_FIELDS)
