@@ -36,3 +36,19 @@ def test_gamma_scales_the_mean_update_and_full_cover_counts_clients():
                             {"v": torch.tensor([8.0])}], gamma=0.5)
     assert new["v"].tolist() == [-0.5 * 2.0, -0.5 * 4.0]
     assert cover_stats(count).minimum == 2 and cover_stats(count).uncovered == 0.0
+
+
+def test_channel_cover_counts_clients_per_channel_of_the_groups_the_tensors_follow():
+    from rabo.aggregate import channel_cover
+
+    plan = ChannelPlan({"a": 4, "b": 2, "c": 3}, {"w": (Axis("a"), None),
+                                                  "v": (Axis("b"), Axis("a", repeat=2)),
+                                                  "u": (Axis("c"),)})
+    indices = [{"a": torch.tensor([0, 1]), "b": torch.tensor([0]), "c": torch.tensor([0])},
+               {"a": torch.tensor([1, 2, 3]), "b": torch.tensor([0, 1]), "c": torch.tensor([0])}]
+    # a: 1, 2, 1, 1 and b: 2, 1 (c, which neither w nor v follows, would add zeros)
+    fewest, mean = channel_cover(plan, ["w", "v", "h"], indices)
+    assert fewest == 1 and mean == pytest.approx(8 / 6)
+    assert channel_cover(plan, ["u"], indices) == (0, pytest.approx(2 / 3))   # c: 2, 0, 0
+    assert channel_cover(plan, ["w"], []) == (0, 0.0)
+    assert channel_cover(plan, ["h"], indices) == (None, None)    # h is never pruned

@@ -43,6 +43,20 @@ def test_cover_numbers_follow_the_policy():
     assert [m["cover_y"] for m in oap.history] == [2, 2]   # 10 windows of 4 over 16 coords
 
 
+@pytest.mark.parametrize("method, x, y", [
+    # 16 coordinates, widths 16, 8, 4, 2, 1 twice: L = 62 = 3·16 + 14, mean 62/16 = 3.875
+    ("rabo", (2, 3.875), (2, 3.875)),       # ranks 8–15: the two full clients only
+    ("rabo-cov", (3, 3.875), (3, 3.875)),   # tiled down the ranking: ⌊62/16⌋ = 3 at least
+    ("oap", (3, 3.875), (3, 3.875)),
+    ("fedavg", (0, 0.0), (10, 10.0)),       # x is not trained
+])
+def test_channel_cover_is_logged_every_round(method, x, y):
+    _, state = _run(method, 2, capacities=PAPER_MIX)
+    for m in state.history:
+        assert (m["channel_cover_x_min"], m["channel_cover_x_mean"]) == x
+        assert (m["channel_cover_y_min"], m["channel_cover_y_mean"]) == y
+
+
 def test_uncovered_coordinates_stay_unchanged():
     exp = build(RunConfig(problem="quadratic", method="rabo", rounds=1, clients=2,
                           capacities=[0.25], problem_options={"dim": 8}))

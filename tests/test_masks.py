@@ -14,7 +14,7 @@ from rabo.masks import POLICIES, channel_norms, make_policy
 from rabo.submodel import Axis, ChannelPlan, width
 
 CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
-SIZED = ["static", "rolling", "random", "importance", "coverage"]
+SIZED = ["static", "rolling", "random", "importance", "coverage", "importance-cover"]
 
 
 def small_plan() -> ChannelPlan:
@@ -172,6 +172,70 @@ def test_coverage_tiles_consecutive_windows_rotated_by_round():
     assert kept == [[0, 1, 2, 3], [4, 5], [0, 1, 6, 7]]
 
 
+def ranked_plan(norms: list[float]) -> tuple[ChannelPlan, dict[str, torch.Tensor]]:
+    """One group "a" whose channel c has weight norm ``norms[c]``."""
+    plan = ChannelPlan({"a": len(norms)}, {"w": (Axis("a"), None)})
+    return plan, {"w": torch.tensor(norms)[:, None] * torch.ones(1, 3)}
+
+
+def test_importance_cover_counts_by_hand_on_the_paper_mix():
+    plan, params = sized_plan()
+    params["l1"] = torch.arange(1.0, 65.0)[:, None] * torch.ones(1, 3)   # rank p = channel 63 − p
+    indices = select(make_policy("importance-cover"), plan, params, CAPACITIES * 2)
+    # L = 248 = 3·64 + 56: ranks 0–55 (channels 63…8) kept by 4 clients, ranks 56–63 by 3;
+    # importance would give ranks 32–63 to the two full clients only
+    assert cover_counts(indices, "wide", 64) == [3] * 8 + [4] * 56
+    # smallest first: 1/16 (clients 4, 9) ranks 0–3, 4–7; ⅛ (3, 8) 8–15, 16–23; ¼ (2, 7) 24–39,
+    # 40–55; ½ (1, 6) 56–63 with 0–23, and 24–55; the full clients everything
+    ranks = {4: range(4), 9: range(4, 8), 3: range(8, 16), 8: range(16, 24),
+             2: range(24, 40), 7: range(40, 56), 1: [*range(56, 64), *range(24)],
+             6: range(24, 56), 0: range(64), 5: range(64)}
+    for k, kept in ranks.items():
+        assert indices[k]["wide"].tolist() == sorted(63 - p for p in kept)
+    # odd (5 channels): L = 2·(5+3+2+1+1) = 24 = 4·5 + 4, so by rank 5, 5, 5, 5, 4
+    order = torch.sort(channel_norms(plan, params)["odd"], descending=True).indices.tolist()
+    counts = cover_counts(indices, "odd", 5)
+    assert [counts[c] for c in order] == [5, 5, 5, 5, 4]
+    assert cover_counts(indices, "one", 1) == [10]
+
+
+@pytest.mark.parametrize("capacities, kept, counts", [
+    # norms 2, 4, 1, 3: ranking 1, 3, 0, 2
+    ([0.5, 0.5, 0.5], [[1, 3], [0, 2], [1, 3]], [1, 2, 1, 2]),   # L = 6: by rank 2, 2, 1, 1
+    ([1.0, 0.25, 0.25], [[0, 1, 2, 3], [1], [3]], [1, 2, 1, 2]),  # the ¼ clients take ranks 0, 1
+    ([0.5, 0.25], [[0, 3], [1]], [1, 1, 0, 1]),                  # L = 3 < 4: the top 3 once
+    ([1.0, 1.0], [[0, 1, 2, 3], [0, 1, 2, 3]], [2, 2, 2, 2]),
+])
+def test_importance_cover_small_cases_by_hand(capacities, kept, counts):
+    plan, params = ranked_plan([2.0, 4.0, 1.0, 3.0])
+    indices = select(make_policy("importance-cover"), plan, params, capacities)
+    assert [i["a"].tolist() for i in indices] == kept
+    assert cover_counts(indices, "a", 4) == counts
+    importance = select(make_policy("importance"), plan, params, capacities)
+    if capacities == [0.5, 0.5, 0.5]:          # importance: everyone ranks 0–1, nobody 2–3
+        assert cover_counts(importance, "a", 4) == [0, 3, 0, 3]
+
+
+@pytest.mark.parametrize("capacities", [CAPACITIES * 2, [0.5, 0.5], [0.25] * 4, [0.3, 0.8],
+                                        [0.9, 0.1, 0.6, 0.35, 0.2]])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_importance_cover_keeps_the_most_even_cover_non_increasing_down_the_ranking(
+        capacities, seed):
+    for plan, params in [sized_plan(), (small_plan(), small_params(seed))]:
+        indices = select(make_policy("importance-cover"), plan, params, capacities)
+        norms = channel_norms(plan, params)
+        for g, channels in plan.groups.items():
+            total = sum(width(channels, r) for r in capacities)
+            q, rho = divmod(total, channels)
+            order = torch.sort(norms[g], descending=True, stable=True).indices.tolist()
+            counts = cover_counts(indices, g, channels)
+            assert [counts[c] for c in order] == [q + 1] * rho + [q] * (channels - rho)
+            assert q >= math.floor(sum(capacities) + 1e-9)
+        smallest = min(range(len(capacities)), key=lambda k: capacities[k])
+        top = select(make_policy("importance"), plan, params, [capacities[smallest]])[0]
+        assert all(torch.equal(indices[smallest][g], top[g]) for g in plan.groups)
+
+
 @pytest.mark.parametrize("name", ["static", "importance", "rolling", "fiarse", "full"])
 @pytest.mark.parametrize("round", [0, 6, 63])
 def test_nested_policies_give_nested_sets(name, round):
@@ -186,7 +250,8 @@ def test_nested_policies_give_nested_sets(name, round):
 
 
 def test_unnested_policies_say_so():
-    assert not any(POLICIES[n].nested for n in ("random", "coverage", "segments"))
+    assert not any(POLICIES[n].nested for n in ("random", "coverage", "segments",
+                                                 "importance-cover"))
 
 
 def fiarse_params():

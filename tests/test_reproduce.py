@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,19 +64,35 @@ def _check_accuracy(row: dict[str, str]) -> None:
     assert 0.0 <= acc <= 1.0 and 0.0 < ci < 0.5
 
 
-def test_table2_and_fig4_quick_on_omniglot(tmp_path):
+def _strip_models(out: Path) -> None:
+    """Leave only what results/ commits: delete model files and checkpoints."""
+    for model in out.rglob("*.safetensors"):
+        model.unlink()
+    for kept in list(out.rglob("checkpoint")):
+        shutil.rmtree(kept)
+
+
+def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
     out = tmp_path / "fewshot"
     args = ["--quick", "--settings", "5w1s", "--data-dir", DATA, "--out", str(out), "--quiet"]
     assert main(["reproduce", "table2", *args]) == 0
-    rows = _rows(out / "table2.csv")
+    rows = _rows(out / "table2_runs.csv")
     assert [r["method"] for r in rows] == list(FEWSHOT_METHODS)
     for r in rows:
         assert r["setting"] == "5w1s" and r["rounds"] == "2"
         _check_accuracy(r)
         assert 0.0 < float(r["flops_ratio"]) <= 1.0 and 0.0 < float(r["bytes_ratio"]) <= 1.0
+    # one seed: the summary's mean and ci95 are the run's accuracy and episode interval
+    summary = _rows(out / "table2.csv")
+    assert list(summary[0])[:5] == ["setting", "method", "seeds", "mean", "ci95"]
+    assert [(s["method"], s["seeds"], s["mean"], s["ci95"]) for s in summary] == [
+        (r["method"], "1", r["final_accuracy"], r["accuracy_ci95"]) for r in rows]
     md = (out / "table2.md").read_text().splitlines()
     assert md[0] == "| method | 5w1s |" and len(md) == len(FEWSHOT_METHODS) + 2
-    assert all(re.fullmatch(r"\| \w+ \| \d+\.\d\d ± \d+\.\d\d \|", line) for line in md[2:])
+    assert all(re.fullmatch(r"\| [\w-]+ \| \d+\.\d\d ± \d+\.\d\d \|", line) for line in md[2:])
+    # every finished run keeps its final per-episode accuracies as text
+    episodes = _rows(out / "5w1s" / "rabo-cov" / "episodes.csv")
+    assert [e["episode"] for e in episodes] == [str(e) for e in range(1, 21)]
     assert (out / "table2_5w1s_accuracy.png").read_bytes().startswith(b"\x89PNG")
     # the final evaluation keeps its per-episode accuracies (the earlier ones do not), so the
     # ordering table's differences are paired: their mean is the difference of the means
@@ -89,6 +106,15 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path):
         assert c["pairing"] == "episodes" and c["holds"] == str(float(c["difference"]) >= 0)
         assert math.isclose(float(c["difference"]), 100 * (acc[a] - acc[b]), abs_tol=1e-9)
         assert 0.0 <= float(c["ci95"]) < 100
+    # over text alone (no model files, no checkpoints) the same command trains nothing and
+    # writes the same bytes
+    tables = {p: p.read_bytes() for p in out.glob("table2*")}
+    assert len(tables) == 6
+    _strip_models(out)
+    with monkeypatch.context() as patch:
+        patch.setattr("rabo.reproduce.run", _trains)
+        assert main(["reproduce", "table2", *args]) == 0
+    assert {p: p.read_bytes() for p in out.glob("table2*")} == tables
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
     assert main(["reproduce", "fig4", *args]) == 0
     cost = {r["method"]: r for r in _rows(out / "fig4_cost_5w1s.csv")}
@@ -153,13 +179,29 @@ def test_seed_runs_names_and_seeds_and_leaves_the_config_alone():
     assert list(seed_runs("rabo", config, 1)) == ["rabo"]
 
 
-def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(tmp_path):
-    from rabo.reproduce import fewshot_base, fewshot_table, setting
+def _seeded_grid() -> dict:
+    from rabo.reproduce import fewshot_base, setting
 
     base, file = fewshot_base(DATA + "/omniglot", True, 0, None)
-    grid = {"5w1s": {m: setting(base, "5w1s", file, method=m) for m in ("rabo", "static")}}
-    fewshot_table(tmp_path, "t", grid, "method", False, (("rabo", "static"),), seeds=2)
-    rows = _rows(tmp_path / "t.csv")
+    return {"5w1s": {m: setting(base, "5w1s", file, method=m) for m in ("rabo", "static")}}
+
+
+@pytest.fixture(scope="module")
+def seeded_table(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A quick 5w1s table of rabo and static at two seeds (4 runs), with its files."""
+    from rabo.reproduce import fewshot_table
+
+    out = tmp_path_factory.mktemp("seeded")
+    files = fewshot_table(out, "t", _seeded_grid(), "method", False, (("rabo", "static"),),
+                          seeds=2)
+    return out, files
+
+
+def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(seeded_table):
+    from rabo.reproduce import seed_interval
+
+    tmp_path, _ = seeded_table
+    rows = _rows(tmp_path / "t_runs.csv")
     assert [(r["method"], r["seed"]) for r in rows] == [("rabo", "0"), ("rabo", "1"),
                                                         ("static", "0"), ("static", "1")]
     assert sorted(p.name for p in (tmp_path / "5w1s").iterdir()) == [
@@ -172,6 +214,37 @@ def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(t
                         100 * ((acc[0] - acc[2]) + (acc[1] - acc[3])) / 2, abs_tol=1e-9)
     md = (tmp_path / "t.md").read_text().splitlines()
     assert md[2].startswith(f"| rabo | {100 * (acc[0] + acc[1]) / 2:.2f} ± ")
+    summary = _rows(tmp_path / "t.csv")
+    assert [(s["setting"], s["method"], s["seeds"], s["rounds"]) for s in summary] == [
+        ("5w1s", "rabo", "2", "2"), ("5w1s", "static", "2", "2")]
+    for s, pair in zip(summary, (acc[:2], acc[2:])):
+        mean, ci = seed_interval(pair)
+        assert math.isclose(float(s["mean"]), mean) and math.isclose(float(s["ci95"]), ci)
+    for run in ("rabo", "static-seed1"):
+        last = json.loads((tmp_path / "5w1s" / run / "metrics.jsonl").read_text().splitlines()[-1])
+        episodes = _rows(tmp_path / "5w1s" / run / "episodes.csv")
+        assert [float(e["accuracy"]) for e in episodes] == last["episode_accuracies"]
+        assert [int(e["episode"]) for e in episodes] == list(range(1, 21))
+
+
+def test_a_rerun_over_text_results_alone_trains_nothing_and_writes_the_same_bytes(
+        seeded_table, monkeypatch):
+    """The committed results/ hold no model files or checkpoints: a reproduction over them
+    reuses every run and rebuilds byte-identical tables and plots."""
+    from rabo import reproduce
+
+    out, files = seeded_table
+    assert {f.name for f in files} == {"t.csv", "t_runs.csv", "t.md", "t_5w1s_accuracy.png",
+                                       "t_ordering.csv", "t_ordering.md"}
+    before = {f: f.read_bytes() for f in files}
+    _strip_models(out)
+    texts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.json*")}
+    monkeypatch.setattr(reproduce, "run", _trains)
+    again = reproduce.fewshot_table(out, "t", _seeded_grid(), "method", False,
+                                    (("rabo", "static"),), seeds=2)
+    assert again == files and {f: f.read_bytes() for f in files} == before
+    assert b"Software" not in before[out / "t_5w1s_accuracy.png"]     # no matplotlib version
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.json*")} == texts
 
 
 @pytest.mark.slow
@@ -179,10 +252,10 @@ def test_table3_quick_on_omniglot(tmp_path):
     out = tmp_path / "table3"
     assert main(["reproduce", "table3", "--quick", "--data-dir", DATA, "--out", str(out),
                  "--quiet"]) == 0
-    rows = _rows(out / "table3.csv")
+    rows = _rows(out / "table3_runs.csv")
     assert [(r["setting"], r["run"]) for r in rows][:2] == [("5w1s", "rabo-M10"),
                                                             ("5w1s", "rabo-M20")]
-    assert len(rows) == 16
+    assert len(rows) == 32 and rows[8]["run"] == "rabo-cov-M10"
     for r in rows:
         _check_accuracy(r)
     assert (out / "table3.md").read_text().splitlines()[0] == "| run | 5w1s | 5w5s |"
@@ -199,7 +272,7 @@ def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args
     assert message in capsys.readouterr().err
 
 
-def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):
+def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
     from rabo.config import RunConfig
     from rabo.reproduce import run_grid
 
@@ -209,6 +282,57 @@ def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys):
     assert "bad: round 2: every client's update was NaN or Inf" in capsys.readouterr().err
     assert len((paths[0] / "metrics.jsonl").read_text().splitlines()) == 2
     assert (paths[1] / "final.safetensors").exists()
+    # the diverged run ended there: a rerun, even without its checkpoint, trains nothing
+    shutil.rmtree(paths[0] / "checkpoint")
+    monkeypatch.setattr("rabo.reproduce.run", _trains)
+    assert run_grid(configs, tmp_path, progress=False) == paths
+
+
+def _trains(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+
+def test_a_run_with_partial_metrics_and_no_checkpoint_starts_over_and_finishes(tmp_path,
+                                                                               monkeypatch):
+    """A fresh clone of results/ has an unfinished run's text but not its checkpoint: it is
+    run again from round 0, into the same files, and files rabo did not write stay."""
+    from rabo import reproduce
+    from rabo.config import RunConfig
+    from rabo.errors import ConfigError
+
+    config = RunConfig(method="rabo", rounds=3, eval_every=3)
+    (path,) = reproduce.run_grid({"r": config}, tmp_path, progress=False)
+    whole = (path / "metrics.jsonl").read_text().splitlines()
+    (path / "final.safetensors").unlink()
+    shutil.rmtree(path / "checkpoint")
+    (path / "metrics.jsonl").write_text("\n".join(whole[:2]) + "\n" + whole[2][:20])
+    (path / "notes.txt").write_text("mine")
+    partial = (path / "metrics.jsonl").read_text()
+    other = RunConfig(method="rabo", rounds=3, eval_every=3, outer_lr=0.2)
+    with pytest.raises(ConfigError, match=r"holds a run with outer_lr=2\.0, not 0\.2"):
+        reproduce.run_grid({"r": other}, tmp_path, progress=False)    # never overwritten
+    assert (path / "metrics.jsonl").read_text() == partial
+    real, calls = reproduce.run, []
+
+    def spy(exp, out, progress, resume):
+        calls.append(resume)
+        return real(exp, out, progress=progress, resume=resume)
+
+    monkeypatch.setattr(reproduce, "run", spy)
+    reproduce.run_grid({"r": config}, tmp_path, progress=False)
+    assert calls == [False]
+    again = (path / "metrics.jsonl").read_text().splitlines()
+
+    def results(lines):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert results(again) == results(whole) and (path / "notes.txt").read_text() == "mine"
+    # complete metrics without model file or checkpoint: finished, nothing trained
+    (path / "final.safetensors").unlink()
+    shutil.rmtree(path / "checkpoint")
+    monkeypatch.setattr(reproduce, "run", _trains)
+    reproduce.run_grid({"r": config}, tmp_path, progress=False)
+    assert (path / "metrics.jsonl").read_text().splitlines() == again
 
 
 def test_an_interrupted_grid_resumes_its_unfinished_run_from_the_checkpoint(tmp_path,

@@ -38,6 +38,25 @@ def cover_stats(count: Params) -> CoverStats:
     return CoverStats(minimum, zeros / total)
 
 
+def channel_cover(plan: ChannelPlan, names: Sequence[str],
+                  indices: Sequence[SubmodelIndex]) -> tuple[int | None, float | None]:
+    """How many of ``indices`` keep each channel of the groups that tensors ``names`` follow
+    (the channel-level N^{t,c}; a weight's N^{t,j} is at most its two channels' counts): the
+    fewest and the mean over those channels, or (None, None) where no tensor is pruned."""
+    groups = [g for g in plan.groups
+              if any(a is not None and a.group == g for n in names for a in plan.dims.get(n, ()))]
+    if not groups:
+        return None, None
+    counts = []
+    for g in groups:
+        count = torch.zeros(plan.groups[g], dtype=torch.int64)
+        for index in indices:
+            count[index[g]] += 1
+        counts.append(count)
+    every = torch.cat(counts)
+    return int(every.min()), float(every.double().mean())
+
+
 def aggregate(plan: ChannelPlan, params: Params, indices: Sequence[SubmodelIndex],
               deltas: Sequence[Params], gamma: float = 1.0) -> tuple[Params, Params]:
     """θ^{t+1}_j = θ^t_j − γ/N_j Σ_{i∈S_j} Δ_{i,j} where N_j > 0, else θ^t_j.

@@ -5,6 +5,7 @@ run bit-identically."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -92,19 +93,28 @@ def load(out: Path, like: tuple[Params, Params]) -> tuple[Params, Params, int, d
     return x, y, meta["round"], meta["config"]
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics file ``path`` up to the first that is not a whole JSON object (a
+    killed run may leave half a line); none where there is no file."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
+    return rows
+
+
 def truncate_metrics(path: Path, rounds: int) -> list[dict[str, Any]]:
     """Keep the metrics lines of rounds ≤ ``rounds`` (a run killed after its last checkpoint may
     have written more, or half a line), rewriting the file atomically; returns them."""
-    kept = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if row.get("round", rounds + 1) > rounds:
-                break
-            kept.append(row)
+    kept = list(itertools.takewhile(lambda row: row.get("round", rounds + 1) <= rounds,
+                                    read_metrics(path)))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)

@@ -118,7 +118,8 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
         "reproduce", help="reproduce one of the paper's experiments (table, CSV and plots)",
         description="Run one of the paper's experiments with the simulator into OUT: every "
                     "method's run directory, a results table (Markdown and CSV) and PNG plots. "
-                    "Finished runs in OUT are reused, so an interrupted reproduction continues.")
+                    "Finished runs in OUT are reused (config.json and a complete metrics.jsonl "
+                    "suffice: no model file), so a reproduction continues and accumulates.")
     p.add_argument("experiment", choices=["fig6", "table2", "table3", "fig4"],
                    help="fig6: loss tuning on long-tailed data; table2, table3, fig4: few-shot "
                         "on Omniglot (methods; number of clients; cost and cover number)")

@@ -34,6 +34,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("rafbo", "importance", "fd-dir",
            "RAFBO: RABO with a second-order-free hypergradient (finite differences of first-order "
            "gradients: H u in the Neumann recursion, J v along v)"),
+    Method("rabo-cov", "importance-cover", "neumann",
+           "RABO with coverage-aware importance masks: windows tiled down the importance ranking, "
+           "so every channel is trained by ⌊Σ⌈r·C⌉/C⌋ clients or more"),
+    Method("rafbo-cov", "importance-cover", "fd-dir",
+           "RAFBO with coverage-aware importance masks (as rabo-cov)"),
     Method("fedmbo", "full", "neumann", "FedMBO: full-model federated bilevel baseline"),
     Method("static", "static", "first-order", "HeteroFL-style static submodels, first-order x"),
     Method("fedrolex", "rolling", "first-order", "FedRolex rolling submodels, first-order x"),

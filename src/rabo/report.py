@@ -116,6 +116,12 @@ def series(run: Run, key: str, against: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG whose bytes depend on the data alone: without matplotlib's
+    "Software" (version) entry, so a table's rebuild over the same runs is byte-identical."""
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+
+
 def plot(runs: list[Run], panels: list[Panel], against: str, path: Path,
          dashed: frozenset[str] = frozenset()) -> bool:
     """One panel per metric that some run logs, one line per run (methods in ``dashed`` drawn
@@ -140,7 +146,7 @@ def plot(runs: list[Run], panels: list[Panel], against: str, path: Path,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return True
 
 
@@ -158,7 +164,7 @@ def bars(rows: list[dict[str, Any]], panels: list[tuple[str, str]], path: Path) 
         ax.bar_label(drawn, fmt="%.3g", fontsize="small")
         ax.set(ylabel=label)
         ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def summarize(run: Run) -> dict[str, Any]:

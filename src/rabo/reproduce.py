@@ -9,7 +9,8 @@ Few-shot on Omniglot (paper V-A), run settings from ``configs/fewshot.toml`` (or
 
 - ``table2``: every few-shot method × {5w1s, 5w5s, 20w1s, 20w5s}, 10 clients at capacities
   {1, ½, ¼, ⅛, 1/16} (two each); final test accuracy ± 95 % interval over ``final_episodes``.
-- ``table3``: RABO and RAFBO with 10, 20, 30 and 50 clients, 5w1s and 5w5s.
+- ``table3``: RABO and RAFBO (and rabo-cov, rafbo-cov) with 10, 20, 30 and 50 clients, 5w1s and
+  5w5s.
 - ``fig4``: (a) FLOPs and bytes of RABO and RAFBO relative to FedMBO (bar chart); (b) the
   cover number: every client at half width with explicit segments so that C_x = 1 (nine clients
   hold the first half of every layer's channels, one client the second half: the second half is
@@ -23,6 +24,12 @@ Few-shot on Omniglot (paper V-A), run settings from ``configs/fewshot.toml`` (or
 
 ``--quick`` runs the same pipeline at a size that finishes in minutes (2 rounds, one task per
 client, 20 final test episodes).
+
+Results accumulate in ``--out`` (e.g. the repository's ``results/``, which keeps text only): a
+run directory counts as finished by its config.json and a complete metrics.jsonl alone (no
+model file or checkpoint needed), gets ``episodes.csv`` (the final evaluation's per-episode
+accuracies), and the tables and plots are rebuilt from these text files, byte-identically when
+nothing was trained.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from .experiment import build
 from .masks.segments import segment_channels
 from .problems import FewShot
 from .report import Run, bars, cell, load_runs, plot, summarize
+from .rounds import divergence
 from .runtime.simulate import run
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
@@ -63,11 +71,13 @@ REFERENCES = frozenset({"fedmbo", "fedavg"})
 FIG6_STEPS = {"fashion-mnist": {"inner_lr": 0.3, "outer_lr": 0.1},
               "mnist": {"inner_lr": 0.3, "outer_lr": 0.1}}
 FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "fiarse", "rabo",
-                   "rafbo")
-# the paper's ordering (Table II): fedmbo ≥ rabo, and rabo, rafbo ≥ every single-level baseline
+                   "rafbo", "rabo-cov", "rafbo-cov")
+# the paper's ordering (Table II): fedmbo ≥ rabo, and rabo, rafbo ≥ every single-level
+# baseline; then rabo-cov (ours, importance-cover masks) ≥ every single-level baseline
 SINGLE_LEVEL = ("static", "oap", "fedrolex", "fiarse")
-ORDERING = (("fedmbo", "rabo"),) + tuple((m, b) for m in ("rabo", "rafbo")
+ORDERING = (("fedmbo", "rabo"),) + tuple((m, b) for m in ("rabo", "rafbo", "rabo-cov")
                                          for b in SINGLE_LEVEL)
+TABLE3_METHODS = ("rabo", "rafbo", "rabo-cov", "rafbo-cov")
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -80,26 +90,53 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
 
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) -> list[Path]:
-    """Run every config into ``out/<name>``, so that an interrupted reproduction continues
-    where it stopped: a finished run directory is reused, an unfinished one resumes from its
-    checkpoint (both only with the same config). Returns the run directories. A run that
-    diverges is reported on stderr and kept as far as it got (the tables' ``rounds`` column
-    shows where it stopped); the others still run."""
+    """Run every config into ``out/<name>``, so that a reproduction accumulates across sessions
+    and an interrupted one continues where it stopped: a finished run (:func:`finished`) is
+    reused, an unfinished one resumes from its checkpoint, or without one (text results only,
+    e.g. a fresh clone) starts over; a directory holding a run is touched only if it ran with
+    the same config. Each finished run gets ``episodes.csv`` (:func:`write_episodes`). Returns
+    the run directories. A run that diverges is reported on stderr and kept as far as it got
+    (the tables' ``rounds`` column shows where it stopped); the others still run."""
     paths = []
     for name, config in configs.items():
         path = out / name
         exp = build(config)
-        started = (path / checkpoint.FILE).exists()
-        finished = (path / "final.safetensors").exists()
-        if started or finished:
+        saved = (path / "config.json").exists()
+        if saved:
             _check_reusable(path, exp.config)
-        if not finished:
+        if not finished(path, exp.config.rounds):
             try:
-                run(exp, path, progress=progress, resume=started)
+                run(exp, path, progress=progress,
+                    resume=saved and (path / checkpoint.FILE).exists())
             except DivergedError as err:
                 print(f"rabo reproduce: {name}: {err}", file=sys.stderr)
+        write_episodes(path)
         paths.append(path)
     return paths
+
+
+def finished(path: Path, rounds: int) -> bool:
+    """Whether the run in ``path`` needs no more training: it has final.safetensors, or its
+    metrics.jsonl holds rounds 1 … ``rounds`` (a round's row is written after its evaluation,
+    so the last row holds the final accuracy: no model file is needed to rebuild the tables),
+    or it stopped at a round that diverged (every update NaN or Inf: the run ends there)."""
+    if (path / "final.safetensors").exists():
+        return True
+    rows = checkpoint.read_metrics(path / "metrics.jsonl")
+    if not rows or [r.get("round") for r in rows] != list(range(1, len(rows) + 1)):
+        return False
+    return len(rows) == rounds or divergence(rows[-1]) is not None
+
+
+def write_episodes(path: Path) -> Path | None:
+    """``episodes.csv`` (episode 1…E, accuracy) of the final evaluation's per-episode accuracies
+    (metrics.jsonl's last row), so a run's evidence is plain text; None where it logged none."""
+    rows = checkpoint.read_metrics(path / "metrics.jsonl")
+    accuracies = rows[-1].get("episode_accuracies") if rows else None
+    if not accuracies:
+        return None
+    return write_csv([{"episode": e, "accuracy": a} for e, a in enumerate(accuracies, 1)],
+                     ["episode", "accuracy"], path / "episodes.csv")
 
 
 # fields that change how fast a run goes, not its results
@@ -107,9 +144,9 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 
 
 def _check_reusable(path: Path, config: RunConfig) -> None:
-    """A finished run is reused, an unfinished one resumed, only if it ran with ``config`` (up
-    to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a changed config file
-    never silently reuses old results."""
+    """A finished run is reused, an unfinished one resumed or restarted, only if it ran with
+    ``config`` (up to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a
+    changed config file never silently reuses old results, nor overwrites them."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     differ = differing_keys(saved, now, RUNTIME_FIELDS)
@@ -219,14 +256,20 @@ def setting(base: RunConfig, name: str, file: ConfigFile | None = None,
     return config
 
 
-def accuracy_cell(rows: list[dict[str, Any]]) -> str:
-    """A table cell in %: one run's final accuracy ± its 95 % interval over test episodes; over
-    several seeds, the seeds' mean ± the t-interval of the seeds (:func:`seed_interval`)."""
+def accuracy_summary(rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """Final accuracy and its 95 % half-width: one run's own interval over its test episodes;
+    over several seeds, the seeds' mean and t-interval (:func:`seed_interval`); (None, None)
+    where some run logged no final accuracy."""
     accs = [r.get("final_accuracy") for r in rows]
-    if any(a is None for a in accs):
-        return "—"
-    mean, ci = seed_interval(accs) if len(rows) > 1 else (accs[0], rows[0].get("accuracy_ci95"))
-    return f"{100 * mean:.2f} ± {100 * (ci or 0.0):.2f}"
+    if not accs or any(a is None for a in accs):
+        return None, None
+    return seed_interval(accs) if len(rows) > 1 else (accs[0], rows[0].get("accuracy_ci95"))
+
+
+def accuracy_cell(rows: list[dict[str, Any]]) -> str:
+    """A table cell in %: :func:`accuracy_summary`'s "mean ± ci95", or — without one."""
+    mean, ci = accuracy_summary(rows)
+    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (ci or 0.0):.2f}"
 
 
 def seed_interval(values: list[float]) -> tuple[float, float]:
@@ -284,13 +327,16 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
                   progress: bool, ordering: tuple[tuple[str, str], ...] = (),
                   seeds: int = 1) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
-    ``out/<setting>/<run>``; write ``stem``.csv (one row per run and seed: setting, accuracy,
-    interval, cost), ``stem``.md (rows: runs, columns: settings, "acc ± ci95" in %, over seeds
-    where several) and an accuracy-vs-round plot per setting (first seed); with ``ordering``
-    (pairs of run names, first expected ≥ second), ``stem``_ordering.csv/.md: each pair's
-    :func:`difference` per setting."""
+    ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
+    and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, and the fewest
+    rounds any seed ran), ``stem``_runs.csv (one row per run and seed: accuracy, interval,
+    cost), ``stem``.md (rows: runs, columns: settings, "acc ± ci95" in %) and an
+    accuracy-vs-round plot per setting (first seed); with ``ordering`` (pairs of run names,
+    first expected ≥ second), ``stem``_ordering.csv/.md: each pair's :func:`difference` per
+    setting. Everything is computed from the runs' text files, so a rerun over finished runs
+    writes the same bytes."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, files, checks = [], [], []
+    rows, summary, files, checks = [], [], [], []
     wide: dict[str, dict[str, str]] = {}
     for name, configs in grid.items():
         flat = [(run_name, d, c) for run_name, config in configs.items()
@@ -303,17 +349,23 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
             runs[run_name].append(loaded)
         rows += table
         for r in configs:
-            wide.setdefault(r, {row_key: r})[name] = accuracy_cell(
-                [row for row in table if row[row_key] == r])
+            cells = [row for row in table if row[row_key] == r]
+            mean, ci = accuracy_summary(cells)
+            summary.append({"setting": name, row_key: r, "method": cells[0]["method"],
+                            "seeds": len(cells), "mean": mean, "ci95": ci,
+                            "rounds": min(row["rounds"] for row in cells)})
+            wide.setdefault(r, {row_key: r})[name] = accuracy_cell(cells)
         files.append(out / f"{stem}_{name}_accuracy.png")
         plot([rs[0] for rs in runs.values()], [("accuracy", f"{name} test accuracy", False)],
              "rounds", files[-1])
         checks += [{"setting": name, "comparison": f"{a} − {b}"} | difference(runs[a], runs[b])
                    for a, b in ordering]
+    files.append(write_csv(summary, list(dict.fromkeys(["setting", row_key, "method"])) + [
+        "seeds", "mean", "ci95", "rounds"], out / f"{stem}.csv"))
     columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
         "seed", "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio",
         "bytes_ratio", "gflops", "mb", "wall_seconds"]
-    files.append(write_csv(rows, columns, out / f"{stem}.csv"))
+    files.append(write_csv(rows, columns, out / f"{stem}_runs.csv"))
     files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
     if checks:
         files += write_table(checks, ["setting", "comparison", "difference", "ci95", "pairing",
@@ -334,10 +386,11 @@ def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1) -> list[Path]:
-    """Table III: RABO and RAFBO as the number of clients grows (capacities spread evenly)."""
+    """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
+    grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
-                for m in ("rabo", "rafbo") for n in TABLE3_CLIENTS}
+                for m in TABLE3_METHODS for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
     return fewshot_table(out, "table3", grid, "run", progress, seeds=seeds)
 

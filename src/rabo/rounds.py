@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from . import server
 from .accounting import message_bytes, nbytes
+from .aggregate import channel_cover
 from .experiment import Experiment
-from .submodel import Params, SubmodelIndex
+from .submodel import ChannelPlan, Params, SubmodelIndex
 
 
 @dataclass
@@ -136,6 +137,8 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
         "inner_loss": _mean(inner.losses), "outer_loss": _mean(outer.losses),
         "cover_x": cover_x.minimum, "cover_y": cover_y.minimum,
         "uncovered_x": cover_x.uncovered, "uncovered_y": cover_y.uncovered,
+        **channel_metrics(plan, x, outer.indices, "x"),
+        **channel_metrics(plan, y, inner.indices, "y"),
         "flops": inner.flops + outer.flops, "flops_inner": inner.flops,
         "flops_outer": outer.flops, "bytes_down": inner.bytes_down + outer.bytes_down,
         "bytes_up": inner.bytes_up + outer.bytes_up,
@@ -148,6 +151,14 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
         metrics.update(evaluate(problem, x, y, final=t + 1 == cfg.rounds))
     metrics["seconds"] = time.perf_counter() - start
     return metrics
+
+
+def channel_metrics(plan: ChannelPlan, params: Params, indices: list[SubmodelIndex],
+                    name: str) -> dict[str, Any]:
+    """``channel_cover_{name}_min`` / ``_mean``: the fewest / mean number of the round's accepted
+    clients that keep a channel of ``params``' groups (:func:`~rabo.aggregate.channel_cover`)."""
+    fewest, mean = channel_cover(plan, list(params), indices)
+    return {f"channel_cover_{name}_min": fewest, f"channel_cover_{name}_mean": mean}
 
 
 def evaluate(problem: Any, x: Params, y: Params, final: bool) -> dict[str, Any]:

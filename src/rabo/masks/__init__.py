@@ -14,6 +14,7 @@ from .coverage import Coverage
 from .fiarse import Fiarse
 from .full import Full
 from .importance import Importance
+from .importance_cover import ImportanceCover
 from .random import Random
 from .rolling import Rolling
 from .segments import Segments
@@ -21,7 +22,8 @@ from .static import Static
 
 POLICIES: dict[str, type[MaskPolicy]] = {
     cls.name: cls
-    for cls in (Full, Static, Rolling, Random, Importance, Coverage, Fiarse, Segments)
+    for cls in (Full, Static, Rolling, Random, Importance, ImportanceCover, Coverage, Fiarse,
+                Segments)
 }
 
 
@@ -45,6 +47,7 @@ __all__ = [
     "Fiarse",
     "Full",
     "Importance",
+    "ImportanceCover",
     "MaskPolicy",
     "Random",
     "Rolling",

@@ -41,6 +41,17 @@ def window(channels: int, start: int, size: int) -> Tensor:
     return torch.sort((start + torch.arange(size)) % channels).values
 
 
+def tile(channels: int, start: int, sizes: Sequence[int]) -> list[Tensor]:
+    """Windows of ``sizes`` laid end to end around the circle of C channels from ``start``:
+    the run of L = Σ sizes positions covers position (start + p) mod C ⌈(L − p)/C⌉ times, i.e.
+    ⌊L/C⌋ + 1 times for p < L mod C and ⌊L/C⌋ times after."""
+    out = []
+    for size in sizes:
+        out.append(window(channels, start, size))
+        start = (start + size) % channels
+    return out
+
+
 def channel_norms(plan: ChannelPlan, params: Params) -> dict[str, Tensor]:
     """‖w_c‖₂ of every channel c of every group, in float64 on the CPU.
 
@@ -62,7 +73,11 @@ def channel_norms(plan: ChannelPlan, params: Params) -> dict[str, Tensor]:
     return {g: s.sqrt() for g, s in squares.items()}
 
 
+def ranking(scores: Tensor) -> Tensor:
+    """Channels from the highest score to the lowest (ties to the lower index)."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
 def top_channels(scores: Tensor, size: int) -> Tensor:
     """The ``size`` highest-scoring channels (ties to the lower index), returned sorted."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return torch.sort(order[:size]).values
+    return torch.sort(ranking(scores)[:size]).values

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..submodel import ChannelPlan, Params, SubmodelIndex
-from .base import MaskPolicy, window
+from .base import MaskPolicy, tile
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ class Coverage(MaskPolicy):
         out: list[SubmodelIndex] = [{} for _ in capacities]
         for g, channels in plan.groups.items():
             start = round % channels if self.rotate else 0
-            for index, w in zip(out, widths):
-                index[g] = window(channels, start, w[g])
-                start = (start + w[g]) % channels
+            for index, kept in zip(out, tile(channels, start, [w[g] for w in widths])):
+                index[g] = kept
         return out
