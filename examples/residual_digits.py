@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import rabo
-from rabo.models import trace_plan
 from rabo.data import load_digits_arrays
+from rabo.models import trace_plan
 
 Params = dict[str, Tensor]
 
