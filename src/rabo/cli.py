@@ -14,10 +14,10 @@ from .config import (
     RunConfig,
     apply,
     differing_keys,
-    load_toml,
+    packaged_config,
     parse_sets,
     parse_value,
-    split_config,
+    read_config,
 )
 from .errors import ConfigError, DataError, RaboError
 from .experiment import Experiment, build
@@ -49,7 +49,8 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=str, help="random seed (default: 0)")
     p.add_argument("--data-dir", help="directory holding the problem's data set files")
     p.add_argument("--config", help="TOML file of config keys, with [problem_options] and "
-                                    "[policy_options] tables")
+                                    "[policy_options] tables (default: the problem's packaged "
+                                    "settings: fewshot's rabo/configs/fewshot.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100 "
                         "--set policy.rotate=false; repeatable")
@@ -134,12 +135,12 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "--seed and report the seeds' mean ± 95 %% t-interval (default: 1)")
     p.add_argument("--validate", action="store_true",
                    help="few-shot: evaluate on held-out training alphabets (the last fifth of "
-                        "them) instead of the test alphabets; for tuning configs/fewshot.toml")
+                        "them) instead of the test alphabets; for tuning the run settings")
     p.add_argument("--settings", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
                    help="few-shot: comma-separated settings to run, e.g. 5w1s,20w5s "
                         "(default: the experiment's)")
-    p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: "
-                   "configs/fewshot.toml of the source tree)")
+    p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: the "
+                   "packaged rabo/configs/fewshot.toml, as `rabo run fewshot` uses)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
                    "config file's `threads` wins)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -160,9 +161,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < --config (then its ``[setting.NwKs]`` table for the run's ways and shots, then
-    its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked."""
+    its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked.
+    Without --config, the problem's packaged settings (:func:`~rabo.config.packaged_config`)
+    take its place."""
     config = RunConfig()
-    file = split_config(load_toml(args.config), args.config) if args.config else ConfigFile()
+    file = read_config(args.config) if args.config else ConfigFile()
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
              "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
@@ -172,6 +175,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     # method and the setting (N-way K-shot) that pick the file's tables.
     problem = sets.get("problem", flags.get("problem", file.base.get("problem", "losstuning")))
     config.problem = parse_value("problem", problem, str)
+    if not args.config:  # the problem's packaged run settings, those of `rabo reproduce`
+        file = packaged_config(config.problem)
     defaults = get_problem(config.problem).options
     options = {k: type(v) for k, v in defaults.items()}
     method = sets.get("method", flags.get("method", file.base.get("method")))

@@ -12,6 +12,8 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +146,11 @@ def parse_json(key: str, value: Any) -> Any:
             from None
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file; a missing or malformed file is a one-line ConfigError."""
+def load_toml(path: str | Path | Traversable) -> dict[str, Any]:
+    """Read a TOML config file (a path, or a file inside the installed package); a missing or
+    malformed file is a one-line ConfigError."""
     try:
-        with open(path, "rb") as fh:
+        with (Path(path) if isinstance(path, str) else path).open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
@@ -195,6 +198,26 @@ def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:
             raise ConfigError(f"[setting.{name}] table of {str(source)!r} sets ways or shots; "
                               f"its name already says them")
     return ConfigFile(values, tables["setting"], tables["method"])
+
+
+def read_config(path: str | Path | Traversable) -> ConfigFile:
+    """A config file, read and split (:func:`load_toml`, :func:`split_config`)."""
+    return split_config(load_toml(path), path)
+
+
+PACKAGED_CONFIGS = {"fewshot": "fewshot.toml"}
+"""Problems whose tuned run settings ship inside the package, in ``rabo/configs/``: both
+``rabo run`` (without ``--config``) and ``rabo reproduce`` start from them."""
+
+
+def packaged_config(problem: str) -> ConfigFile:
+    """The packaged run settings of ``problem`` (:data:`PACKAGED_CONFIGS`; empty for a problem
+    without), read with importlib.resources so that a wheel and a checkout give the same; a
+    missing or unreadable file is a one-line ConfigError, never an empty config."""
+    name = PACKAGED_CONFIGS.get(problem)
+    if name is None:
+        return ConfigFile()
+    return read_config(resources.files("rabo") / "configs" / name)
 
 
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:
