@@ -30,7 +30,8 @@ def run_config(*argv: str):
 def test_packaged_fewshot_config_holds_the_tuned_settings():
     file = packaged_config("fewshot")
     assert file.base["problem"] == "fewshot" and file.base["outer_lr"] == 0.03
-    assert file.settings["20w1s"]["inner_lr"] == 0.4 and file.methods["protonet"]["outer_lr"] == 0.01
+    assert file.settings["20w1s"]["inner_lr"] == 0.4
+    assert file.methods["protonet"]["outer_lr"] == 0.01
     assert packaged_config("quadratic").base == {}        # no packaged settings: empty
 
 

@@ -36,7 +36,8 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     """The options that build a run's config, shared by ``rabo run`` and ``rabo cost``."""
     p.add_argument("problem", nargs="?", default=None,
                    help=f"problem to solve: {', '.join(PROBLEMS)} (default: losstuning on "
-                        f"scikit-learn digits)")
+                        f"scikit-learn digits), or a rabo.BilevelProblem subclass of yours: "
+                        f"FILE.py:Class or package.module:Class")
     p.add_argument("--clients", type=str, help="number of clients M (default: 10)")
     p.add_argument("--capacities", type=str,
                    help="comma-separated width ratios in (0, 1]: one per client, or fewer spread "
@@ -234,12 +235,13 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
 def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
     """The experiment and run directory of ``rabo run`` / ``rabo flower local``: the run of
     ``--resume DIR``, or a new one from the command line whose directory (``--out``, default
-    runs/PROBLEM-METHOD-seedS) must be empty or absent unless ``--overwrite`` (then emptied)."""
+    runs/NAME-METHOD-seedS, NAME the problem class's ``name``) must be empty or absent unless
+    ``--overwrite`` (then emptied)."""
     if args.resume:
         return resumed_experiment(args)
     exp = build(config_from_args(args))
     cfg = exp.config
-    out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
+    out = args.out or Path("runs") / f"{exp.problem.name}-{cfg.method}-seed{cfg.seed}"
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
@@ -263,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     last = state.history[-1]
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
-    print(f"{cfg.method} on {cfg.problem}: {cfg.rounds} rounds, "
+    print(f"{cfg.method} on {exp.problem.name}: {cfg.rounds} rounds, "
           + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
     return 0
 
@@ -349,8 +351,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
-    print(f"{cfg.method} on {cfg.problem} (Flower, {args.supernodes} SuperNodes): {cfg.rounds} "
-          "rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
+    print(f"{cfg.method} on {exp.problem.name} (Flower, {args.supernodes} SuperNodes): "
+          f"{cfg.rounds} rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+          + f" -> {out}")
     return 0
 
 

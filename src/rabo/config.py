@@ -76,9 +76,11 @@ FIELD_TYPES: dict[str, type] = {
     "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
 }
 RUN_DEFAULTS: dict[str, Any] = {
-    "rounds": 0, "inner_steps": 0, "inner_lr": 0, "outer_steps": 0, "outer_lr": 0, "terms": 0,
-    "step": 0, "mu": 0, "eval_every": 0, "adapt_steps": 0, "difference": "central"}
-"""Run settings a problem's ``defaults`` provide, with the value where it provides none."""
+    "rounds": None, "inner_steps": None, "inner_lr": None, "outer_steps": None,
+    "outer_lr": None, "terms": None, "step": None, "mu": None, "eval_every": None,
+    "adapt_steps": 0, "difference": "central"}
+"""Run settings a problem's ``defaults`` provide, with the value where it provides none (None:
+the config or the problem must give it)."""
 
 
 def check_device(device: str) -> None:
@@ -260,8 +262,10 @@ def _positive(name: str, value: float, integer: bool) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
 
 
-def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
-    """Fill every ``None`` from the method preset and the problem's defaults, and validate."""
+def resolve(config: RunConfig, problem_defaults: dict[str, Any],
+            source: str = "the problem") -> RunConfig:
+    """Fill every ``None`` from the method preset and the problem's defaults (those of
+    ``source``, for error messages), and validate."""
     method = get_method(config.method)
     method.check_problem(config.problem)
     for key, value in method.problem_options.items():
@@ -278,6 +282,9 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
     for key, fallback in RUN_DEFAULTS.items():
         if getattr(out, key) is None:
             setattr(out, key, problem_defaults.get(key, fallback))
+        if getattr(out, key) is None:
+            raise ConfigError(f"{key} is not set: give it (--set {key}=VALUE) or put it in the "
+                              f"defaults of {source}")
     for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):

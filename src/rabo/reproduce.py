@@ -188,8 +188,9 @@ def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | No
                  validate: bool = False) -> tuple[RunConfig, ConfigFile]:
     """10 clients at the paper's capacities, then the config file's base keys (default: the
     packaged ``rabo/configs/fewshot.toml``), then the quick overrides; with ``validate``,
-    evaluation on held-out training alphabets (for tuning). Returns the base config and the file, whose
-    ``[setting.NwKs]`` and ``[method.NAME]`` tables :func:`setting` applies per run."""
+    evaluation on held-out training alphabets (for tuning). Returns the base config and the
+    file, whose ``[setting.NwKs]`` and ``[method.NAME]`` tables :func:`setting` applies per
+    run."""
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
     file = read_config(config) if config is not None else packaged_config("fewshot")
