@@ -155,6 +155,7 @@ def test_resume_cost_and_report_of_a_users_problem_from_another_directory(tiny, 
 
 BROKEN = '''
 import rabo
+from rabo.submodel import ChannelPlan
 
 DEFAULTS = {"rounds": 2, "inner_steps": 1, "inner_lr": 0.1, "outer_steps": 1,
             "outer_lr": 0.1, "terms": 1, "step": 0.1, "mu": 0.001, "eval_every": 1}
@@ -181,6 +182,15 @@ class NoPlan(rabo.BilevelProblem):
     def __init__(self, clients, seed=0, data_dir=None):
         self.num_clients = clients
 
+class BadInit(rabo.BilevelProblem):
+    defaults = DEFAULTS
+
+    def __init__(self, clients, seed=0, data_dir=None):
+        self.num_clients, self.plan = clients, ChannelPlan({})
+
+    def init_params(self, seed):
+        return {"x": 0.0}
+
 class NotAProblem:
     pass
 '''
@@ -196,6 +206,7 @@ class NotAProblem:
     ("broken.py:WrongArgs", "'WrongArgs' cannot be built as WrongArgs(clients, seed, data_dir"),
     ("broken.py:FixedClients", "'FixedClients' has num_clients=5, but the run has clients=10"),
     ("broken.py:NoPlan", "problem class 'NoPlan' sets no plan"),
+    ("broken.py:BadInit", "'BadInit': init_params(seed) must return (x, y), two dicts of name"),
     ("broken.py:NoDefaults", "rounds is not set: give it (--set rounds=VALUE) or put it in"),
     ("broken.py:NoDefaults", "the defaults of problem class 'NoDefaults'"),
 ])

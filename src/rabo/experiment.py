@@ -105,7 +105,7 @@ def check_problem(problem: BilevelProblem, cfg: RunConfig) -> tuple[Params, Para
         raise ConfigError(f"problem class {cls!r} sets no plan: a rabo.ChannelPlan over the "
                           f"tensors of x and y it prunes (ChannelPlan({{}}) prunes none)")
     params = problem.init_params(cfg.seed)
-    if not (isinstance(params, tuple) and len(params) == 2
+    if not (isinstance(params, (tuple, list)) and len(params) == 2
             and all(isinstance(p, dict) and all(isinstance(t, torch.Tensor) for t in p.values())
                     for p in params)):
         raise ConfigError(f"problem class {cls!r}: init_params(seed) must return (x, y), two "
