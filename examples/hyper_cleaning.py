@@ -12,7 +12,8 @@ A client's hypergradient only moves the logits of its own samples; the others ge
 it. Run ``python examples/hyper_cleaning.py [--rounds T] [--out DIR]``: on the same pruned
 submodels it trains once with uniform weights (no cleaning) and once with RABO (cleaning), and
 prints both test accuracies and the mean weight of flipped and of clean samples; ``--out``
-writes the RABO run directory, for ``rabo report``.
+writes the RABO run directory, for ``rabo report``. The class also runs by reference:
+``rabo run examples/hyper_cleaning.py:HyperCleaning --clients 5``.
 """
 
 from __future__ import annotations
@@ -29,12 +30,9 @@ from torch import Tensor
 from torch.func import functional_call
 
 import rabo
-from rabo.config import RunConfig
 from rabo.data import load_digits_arrays
-from rabo.experiment import build
 from rabo.models import build as build_model
 from rabo.models import fresh_params
-from rabo.runtime.simulate import run
 from rabo.submodel import Params
 
 
@@ -122,10 +120,10 @@ def main(rounds: int | None = None, clients: int = 5, seed: int = 0, out: Path |
     results = {"initial_accuracy": problem.evaluate(*problem.init_params(seed))["accuracy"]}
     for name, method in (("uniform", "fedavg"), ("cleaned", "rabo")):
         start = time.perf_counter()
-        config = RunConfig(problem=problem.name, method=method, policy="importance",
+        config = rabo.RunConfig(problem=problem.name, method=method, policy="importance",
                            rounds=rounds, clients=clients, seed=seed)
-        state = run(build(config, problem), out if name == "cleaned" else None,
-                    progress=False)
+        state = rabo.simulate(rabo.build(config, problem), out if name == "cleaned" else None,
+                              progress=False)
         final = problem.evaluate(state.x, state.y)
         results[f"{name}_accuracy"] = final["accuracy"]
         results[f"{name}_seconds"] = time.perf_counter() - start

@@ -63,8 +63,7 @@ def test_config_file_method_table_applies_to_its_method_only(tmp_path):
     assert (fedmbo.outer_lr, fedmbo.problem_options) == (0.1, {"dim": 7})
     assert (rabo.outer_lr, rabo.problem_options) == (0.5, {})
     assert config("--method", "fedmbo", "--set", "outer_lr=0.2").outer_lr == 0.2  # --set wins
-    shipped = config_from_args(make_parser().parse_args(
-        ["run", "--config", "configs/fewshot.toml", "--method", "protonet"]))
+    shipped = config_from_args(make_parser().parse_args(["run", "fewshot", "--method", "protonet"]))
     assert (shipped.problem, shipped.outer_lr) == ("fewshot", 0.01)
     cfg.write_text('[method.fedmbbo]\nouter_lr = 0.1\n')
     assert main(["run", "--config", str(cfg), "--no-progress"]) == 2

@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from rabo.config import RunConfig, load_toml, split_config
+from rabo.config import RunConfig, packaged_config
 from rabo.cost import measure
 from rabo.errors import ConfigError
 from rabo.experiment import build
 from rabo.hypergrad import hypergradient
 from rabo.models import rms_scaled
 from rabo.problems.fewshot import FewShot, synthetic_task
-from rabo.reproduce import CONFIGS
 from rabo.runtime.simulate import run
 
 
@@ -96,9 +95,9 @@ def test_head_hessian_at_the_initial_head_is_the_closed_form(ways):
 
 
 def test_twenty_way_head_steps_are_the_five_way_ones_scaled_by_n():
-    """configs/fewshot.toml's 20-way tables keep η·λ_max of the head steps (η_y, η_N, the
+    """The packaged fewshot.toml's 20-way tables keep η·λ_max of the head steps (η_y, η_N, the
     evaluation's) at their 5-way values: λ_max ∝ 1/N (the closed form above)."""
-    file = split_config(load_toml(CONFIGS / "fewshot.toml"), "fewshot.toml")
+    file = packaged_config("fewshot")
     base = {**file.base, **file.base["problem_options"]}
     for name in ("20w1s", "20w5s"):
         table = file.settings[name]

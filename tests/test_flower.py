@@ -24,6 +24,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 from rabo.accounting import FlopCache
+from rabo.cli import main
 from rabo.config import RunConfig
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
@@ -125,6 +126,28 @@ def test_flower_app_in_process_matches_simulator(tmp_path, task_identity):
     assert_same_run(tmp_path / "sim", tmp_path / "flower")
     # one message per node and phase: 3 hellos, then 2 rounds × 2 phases × 3 nodes
     assert [t for _, t in grid.sent].count("train") == 12
+
+
+def test_flower_apps_build_a_users_problem_from_its_reference(tmp_path, monkeypatch,
+                                                              task_identity):
+    """The ServerApp and the ClientApp (over the loopback grid) build a user's problem from
+    the reference `rabo run FILE.py:Class` wrote into config.json (an absolute path: the apps
+    run in other directories) and run what the simulator runs."""
+    from test_user_problem import TINY
+
+    (tmp_path / "tiny.py").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "tiny.py:Tiny", "--clients", "4", "--capacities", "1,0.5",
+                 "--no-progress", "--out", "sim"]) == 0
+    config = json.loads((tmp_path / "sim" / "config.json").read_text())
+    monkeypatch.chdir(tmp_path / "sim")
+    grid = LoopbackGrid(config, {11: "0,2", 12: "1,3"})
+    settings = {"rabo-config": json.dumps(config), "out-dir": str(tmp_path / "flower"),
+                "timeout": 5.0, "resume": False}
+    flower.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                              run_config=settings))
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+    assert [t for _, t in grid.sent].count("train") == 4 * 2 * 2   # rounds × phases × nodes
 
 
 def test_silent_erring_and_malformed_nodes_fail_their_clients(task_identity):

@@ -1,14 +1,21 @@
 """rabo: resource-adaptive federated bilevel optimization (RABO and RAFBO).
 
-Public entry points: :func:`hypergradient` for a user's own bilevel problem, and the ``rabo``
-command (``rabo run``) for federated runs in the in-process simulator.
+Public entry points: :func:`hypergradient` for a user's own bilevel problem;
+:class:`BilevelProblem` to subclass for a federated one, :class:`RunConfig`, :func:`build` and
+:func:`simulate` to run it in this process (the library form of ``rabo run``); and the ``rabo``
+command (``rabo run``, ``rabo reproduce``, ``rabo flower``, …).
 """
 
+from .config import RunConfig
 from .errors import ConfigError, DataError, RaboError, UnknownNameError
+from .experiment import Experiment, build
 from .hypergrad import ESTIMATORS, hypergradient
 from .problem import BilevelProblem, Objective
+from .rounds import RunState
+from .runtime.simulate import run as simulate
 from .submodel import Axis, ChannelPlan
 
 __all__ = ["ESTIMATORS", "Axis", "BilevelProblem", "ChannelPlan", "ConfigError", "DataError",
-           "Objective", "RaboError", "UnknownNameError", "hypergradient"]
+           "Experiment", "Objective", "RaboError", "RunConfig", "RunState", "UnknownNameError",
+           "build", "hypergradient", "simulate"]
 __version__ = "0.1.0"

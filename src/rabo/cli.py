@@ -14,10 +14,10 @@ from .config import (
     RunConfig,
     apply,
     differing_keys,
-    load_toml,
+    packaged_config,
     parse_sets,
     parse_value,
-    split_config,
+    read_config,
 )
 from .errors import ConfigError, DataError, RaboError
 from .experiment import Experiment, build
@@ -36,7 +36,8 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     """The options that build a run's config, shared by ``rabo run`` and ``rabo cost``."""
     p.add_argument("problem", nargs="?", default=None,
                    help=f"problem to solve: {', '.join(PROBLEMS)} (default: losstuning on "
-                        f"scikit-learn digits)")
+                        f"scikit-learn digits), or a rabo.BilevelProblem subclass of yours: "
+                        f"FILE.py:Class or package.module:Class")
     p.add_argument("--clients", type=str, help="number of clients M (default: 10)")
     p.add_argument("--capacities", type=str,
                    help="comma-separated width ratios in (0, 1]: one per client, or fewer spread "
@@ -49,7 +50,8 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=str, help="random seed (default: 0)")
     p.add_argument("--data-dir", help="directory holding the problem's data set files")
     p.add_argument("--config", help="TOML file of config keys, with [problem_options] and "
-                                    "[policy_options] tables")
+                                    "[policy_options] tables (default: the problem's packaged "
+                                    "settings: fewshot's rabo/configs/fewshot.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set inner_lr=0.05 --set problem.rho=100 "
                         "--set policy.rotate=false; repeatable")
@@ -135,12 +137,12 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "--seed and report the seeds' mean ± 95 %% t-interval (default: 1)")
     p.add_argument("--validate", action="store_true",
                    help="few-shot: evaluate on held-out training alphabets (the last fifth of "
-                        "them) instead of the test alphabets; for tuning configs/fewshot.toml")
+                        "them) instead of the test alphabets; for tuning the run settings")
     p.add_argument("--settings", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
                    help="few-shot: comma-separated settings to run, e.g. 5w1s,20w5s "
                         "(default: the experiment's)")
-    p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: "
-                   "configs/fewshot.toml of the source tree)")
+    p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: the "
+                   "packaged rabo/configs/fewshot.toml, as `rabo run fewshot` uses)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
                    "config file's `threads` wins)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -161,9 +163,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < --config (then its ``[setting.NwKs]`` table for the run's ways and shots, then
-    its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked."""
+    its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked.
+    Without --config, the problem's packaged settings (:func:`~rabo.config.packaged_config`)
+    take its place."""
     config = RunConfig()
-    file = split_config(load_toml(args.config), args.config) if args.config else ConfigFile()
+    file = read_config(args.config) if args.config else ConfigFile()
     sets = parse_sets(args.set)
     names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
              "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
@@ -173,6 +177,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     # method and the setting (N-way K-shot) that pick the file's tables.
     problem = sets.get("problem", flags.get("problem", file.base.get("problem", "losstuning")))
     config.problem = parse_value("problem", problem, str)
+    if not args.config:  # the problem's packaged run settings, those of `rabo reproduce`
+        file = packaged_config(config.problem)
     defaults = get_problem(config.problem).options
     options = {k: type(v) for k, v in defaults.items()}
     method = sets.get("method", flags.get("method", file.base.get("method")))
@@ -230,12 +236,13 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
 def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
     """The experiment and run directory of ``rabo run`` / ``rabo flower local``: the run of
     ``--resume DIR``, or a new one from the command line whose directory (``--out``, default
-    runs/PROBLEM-METHOD-seedS) must be empty or absent unless ``--overwrite`` (then emptied)."""
+    runs/NAME-METHOD-seedS, NAME the problem class's ``name``) must be empty or absent unless
+    ``--overwrite`` (then emptied)."""
     if args.resume:
         return resumed_experiment(args)
     exp = build(config_from_args(args))
     cfg = exp.config
-    out = args.out or Path("runs") / f"{cfg.problem}-{cfg.method}-seed{cfg.seed}"
+    out = args.out or Path("runs") / f"{exp.problem.name}-{cfg.method}-seed{cfg.seed}"
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
@@ -259,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     last = state.history[-1]
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
-    print(f"{cfg.method} on {cfg.problem}: {cfg.rounds} rounds, "
+    print(f"{cfg.method} on {exp.problem.name}: {cfg.rounds} rounds, "
           + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
     return 0
 
@@ -345,8 +352,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
-    print(f"{cfg.method} on {cfg.problem} (Flower, {args.supernodes} SuperNodes): {cfg.rounds} "
-          "rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
+    print(f"{cfg.method} on {exp.problem.name} (Flower, {args.supernodes} SuperNodes): "
+          f"{cfg.rounds} rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+          + f" -> {out}")
     return 0
 
 

@@ -12,6 +12,8 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,11 @@ FIELD_TYPES: dict[str, type] = {
     "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
 }
 RUN_DEFAULTS: dict[str, Any] = {
-    "rounds": 0, "inner_steps": 0, "inner_lr": 0, "outer_steps": 0, "outer_lr": 0, "terms": 0,
-    "step": 0, "mu": 0, "eval_every": 0, "adapt_steps": 0, "difference": "central"}
-"""Run settings a problem's ``defaults`` provide, with the value where it provides none."""
+    "rounds": None, "inner_steps": None, "inner_lr": None, "outer_steps": None,
+    "outer_lr": None, "terms": None, "step": None, "mu": None, "eval_every": None,
+    "adapt_steps": 0, "difference": "central"}
+"""Run settings a problem's ``defaults`` provide, with the value where it provides none (None:
+the config or the problem must give it)."""
 
 
 def check_device(device: str) -> None:
@@ -144,10 +148,11 @@ def parse_json(key: str, value: Any) -> Any:
             from None
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file; a missing or malformed file is a one-line ConfigError."""
+def load_toml(path: str | Path | Traversable) -> dict[str, Any]:
+    """Read a TOML config file (a path, or a file inside the installed package); a missing or
+    malformed file is a one-line ConfigError."""
     try:
-        with open(path, "rb") as fh:
+        with (Path(path) if isinstance(path, str) else path).open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
@@ -197,6 +202,26 @@ def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:
     return ConfigFile(values, tables["setting"], tables["method"])
 
 
+def read_config(path: str | Path | Traversable) -> ConfigFile:
+    """A config file, read and split (:func:`load_toml`, :func:`split_config`)."""
+    return split_config(load_toml(path), path)
+
+
+PACKAGED_CONFIGS = {"fewshot": "fewshot.toml"}
+"""Problems whose tuned run settings ship inside the package, in ``rabo/configs/``: both
+``rabo run`` (without ``--config``) and ``rabo reproduce`` start from them."""
+
+
+def packaged_config(problem: str) -> ConfigFile:
+    """The packaged run settings of ``problem`` (:data:`PACKAGED_CONFIGS`; empty for a problem
+    without), read with importlib.resources so that a wheel and a checkout give the same; a
+    missing or unreadable file is a one-line ConfigError, never an empty config."""
+    name = PACKAGED_CONFIGS.get(problem)
+    if name is None:
+        return ConfigFile()
+    return read_config(resources.files("rabo") / "configs" / name)
+
+
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:
     """Set fields from a mapping: plain keys, "problem.rho" / "policy.rotate" keys, or the TOML
     tables ``[problem_options]`` and ``[policy_options]``."""
@@ -237,8 +262,10 @@ def _positive(name: str, value: float, integer: bool) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
 
 
-def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
-    """Fill every ``None`` from the method preset and the problem's defaults, and validate."""
+def resolve(config: RunConfig, problem_defaults: dict[str, Any],
+            source: str = "the problem") -> RunConfig:
+    """Fill every ``None`` from the method preset and the problem's defaults (those of
+    ``source``, for error messages), and validate."""
     method = get_method(config.method)
     method.check_problem(config.problem)
     for key, value in method.problem_options.items():
@@ -255,6 +282,9 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any]) -> RunConfig:
     for key, fallback in RUN_DEFAULTS.items():
         if getattr(out, key) is None:
             setattr(out, key, problem_defaults.get(key, fallback))
+        if getattr(out, key) is None:
+            raise ConfigError(f"{key} is not set: give it (--set {key}=VALUE) or put it in the "
+                              f"defaults of {source}")
     for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
         _positive(key, getattr(out, key), integer=True)
     for key in ("inner_lr", "outer_lr", "step", "mu"):

@@ -30,16 +30,40 @@ class Objective(Protocol):
 
 
 class BilevelProblem:
-    """Base class for problems the engine runs federated.
+    """Base class for problems the engine runs federated; subclass it for a problem of yours
+    and run it with ``rabo run FILE.py:Class`` (or ``package.module:Class``), a config file's
+    ``problem = "FILE.py:Class"``, or ``rabo.build(config, problem)`` with an instance.
 
-    A subclass sets ``plan`` (a :class:`ChannelPlan` over the names of x and y, restricted to the
-    pruned ones), ``num_clients``, and implements ``init_params``, ``sample``, the two losses and
-    ``evaluate``. ``defaults`` holds per-problem run settings (step sizes, inner steps, the
-    finite-difference ``difference``: "forward" only where g is smooth in y, …).
-    ``stackable``: the losses (and ``features``, ``inner_batch``) run under ``torch.func.vmap``
-    over stacked parameters and batches, so same-shape clients can run as one
-    (:mod:`rabo.stacked`); a batch is then a pytree of tensors only. ``batch_by_default``:
-    whether the simulator stacks them unless the config's ``batch_clients`` says otherwise.
+    Constructor (what ``rabo run`` and the Flower apps call):
+    ``Class(clients, seed, data_dir, **options)``, with ``options`` the keys of ``options``
+    (class attribute: name → default; ``--set problem.KEY=VALUE`` sets one). It must set
+
+    - ``num_clients`` = ``clients`` (client ids are 0 … clients − 1; checked before a run);
+    - ``plan``: a :class:`ChannelPlan` over the names of x and y it prunes, restricted to them
+      (``ChannelPlan({})`` prunes nothing).
+
+    Methods, each a pure function of parameter dicts (name → tensor):
+
+    - ``init_params(seed) -> (x, y)``: two dicts of full-size initial tensors (checked);
+    - ``sample(client, phase, rng) -> batch``: one minibatch ξ of ``client``, ``phase`` "inner"
+      (data of g) or "outer" (of f), drawn with the NumPy Generator ``rng``; any object the
+      losses read (a pytree of tensors only if ``stackable``);
+    - ``inner_loss(x, y, batch)`` (g_i) and ``outer_loss(x, y, batch)`` (f_i) -> a scalar
+      tensor, differentiable in x and y, on submodels (sliced dicts) as on the full model;
+    - ``evaluate(x, y) -> dict[str, float]`` (optional): metrics of the global model, e.g.
+      ``accuracy``, logged every ``eval_every`` rounds;
+    - ``config() -> dict`` (optional): the resolved options, JSON-serialisable, for config.json.
+
+    Class attributes: ``name`` (runs/NAME-METHOD-seedS, labels), ``options`` and ``defaults``:
+    per-problem run settings, used where the config leaves them unset (``rounds``,
+    ``inner_steps``, ``inner_lr``, ``outer_steps``, ``outer_lr``, ``terms``, ``step``, ``mu``,
+    ``eval_every``: one unset in both is an error; the finite-difference ``difference``:
+    "forward" only where g is smooth in y, else "central"). ``stackable``: the losses (and
+    ``features``, ``inner_batch``) run under ``torch.func.vmap`` over stacked parameters and batches, so
+    same-shape clients can run as one (:mod:`rabo.stacked`). ``batch_by_default``: whether the
+    simulator stacks them unless the config's ``batch_clients`` says otherwise. A broken
+    contract that can be seen before the first round (constructor arguments, client count,
+    plan, ``init_params``) is a one-line error naming the class.
     """
 
     name: str = "problem"

@@ -5,7 +5,8 @@ the simulator into one output directory and writes a results table (Markdown, CS
 half width (the paper's capacity setting), FedMBO (tuned, full model) and FedAvg (untuned, full
 model) as dashed reference lines; final balanced test accuracy and cost relative to FedMBO.
 
-Few-shot on Omniglot (paper V-A), run settings from ``configs/fewshot.toml`` (or ``config``):
+Few-shot on Omniglot (paper V-A), run settings from the packaged ``rabo/configs/fewshot.toml``
+(or ``config``):
 
 - ``table2``: every few-shot method × {5w1s, 5w5s, 20w1s, 20w5s}, 10 clients at capacities
   {1, ½, ¼, ⅛, 1/16} (two each); final test accuracy ± 95 % interval over ``final_episodes``.
@@ -52,8 +53,8 @@ from .config import (
     RunConfig,
     apply,
     differing_keys,
-    load_toml,
-    split_config,
+    packaged_config,
+    read_config,
 )
 from .errors import ConfigError, DivergedError, UnknownNameError
 from .experiment import build
@@ -80,7 +81,6 @@ ORDERING = (("fedmbo", "rabo"),) + tuple((m, b) for m in ("rabo", "rafbo", "rabo
 TABLE3_METHODS = ("rabo", "rafbo", "rabo-cov", "rafbo-cov")
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FEWSHOT_OPTIONS = {k: type(v) for k, v in FewShot.options.items()}
 QUICK_FEWSHOT = {"rounds": 2, "eval_every": 1, "problem.tasks": 1, "problem.eval_episodes": 10,
                  "problem.final_episodes": 20}
@@ -223,14 +223,14 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
 def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | None,
                  validate: bool = False) -> tuple[RunConfig, ConfigFile]:
-    """10 clients at the paper's capacities, then the config file's base keys (default file
-    ``configs/fewshot.toml``), then the quick overrides; with ``validate``, evaluation on
-    held-out training alphabets (for tuning). Returns the base config and the file, whose
-    ``[setting.NwKs]`` and ``[method.NAME]`` tables :func:`setting` applies per run."""
+    """10 clients at the paper's capacities, then the config file's base keys (default: the
+    packaged ``rabo/configs/fewshot.toml``), then the quick overrides; with ``validate``,
+    evaluation on held-out training alphabets (for tuning). Returns the base config and the
+    file, whose ``[setting.NwKs]`` and ``[method.NAME]`` tables :func:`setting` applies per
+    run."""
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
-    path = config or CONFIGS / "fewshot.toml"
-    file = split_config(load_toml(path) if config is not None or path.exists() else {}, path)
+    file = read_config(config) if config is not None else packaged_config("fewshot")
     apply(base, file.base, FEWSHOT_OPTIONS)
     if quick:
         apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)

@@ -105,7 +105,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def run(exp: Experiment, out: Path | None = None, progress: bool = True,
+def run(exp: Experiment, out: str | Path | None = None, progress: bool = True,
         resume: bool = False, transport: Transport | None = None) -> RunState:
     """Run all rounds; with ``out``, write config.json, metrics.jsonl (a line a round, flushed),
     a checkpoint every ``checkpoint_every`` rounds and at the end, and final.safetensors.
@@ -117,6 +117,7 @@ def run(exp: Experiment, out: Path | None = None, progress: bool = True,
     passes its own and so shares this loop, its files and its checkpoints)."""
     from tqdm import tqdm
 
+    out = None if out is None else Path(out)
     cfg = exp.config
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
