@@ -27,9 +27,6 @@ from torch.func import functional_call
 
 import rabo
 from rabo.data import load_digits_arrays
-from rabo.models import trace_plan
-
-Params = dict[str, Tensor]
 
 
 class Residual(nn.Module):
@@ -89,9 +86,9 @@ class ResidualDigits(rabo.BilevelProblem):
         shards = np.array_split(rest, clients)
         self.shards = [(s[: 4 * len(s) // 5], s[4 * len(s) // 5:]) for s in shards]
         self.net = Net(int(self.opts["width"]))
-        self.plan = trace_plan(self.net, images[:2])
+        self.plan = rabo.trace_plan(self.net, images[:2])
 
-    def init_params(self, seed: int) -> tuple[Params, Params]:
+    def init_params(self, seed: int) -> tuple[rabo.Params, rabo.Params]:
         torch.manual_seed(seed)
         net = Net(int(self.opts["width"]))
         params = {n: p.detach().clone() for n, p in net.named_parameters()}
@@ -112,18 +109,18 @@ class ResidualDigits(rabo.BilevelProblem):
             batch["val"] = self._batch(val, rng)
         return batch
 
-    def _loss(self, x: Params, y: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+    def _loss(self, x: rabo.Params, y: rabo.Params, data: tuple[Tensor, Tensor]) -> Tensor:
         images, labels = data
         return F.cross_entropy(functional_call(self.net, {**x, **y}, (images,)), labels)
 
-    def inner_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
+    def inner_loss(self, x: rabo.Params, y: rabo.Params, batch: dict[str, Any]) -> Tensor:
         l2 = sum((p * p).sum() for p in y.values())
         return self._loss(x, y, batch["train"]) + 0.5 * float(self.opts["lam"]) * l2
 
-    def outer_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
+    def outer_loss(self, x: rabo.Params, y: rabo.Params, batch: dict[str, Any]) -> Tensor:
         return self._loss(x, y, batch["val"])
 
-    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, float]:
+    def evaluate(self, x: rabo.Params, y: rabo.Params, final: bool = False) -> dict[str, float]:
         with torch.no_grad():
             logits = functional_call(self.net, {**x, **y}, (self.images[self.test],))
         return {"accuracy": float((logits.argmax(1) == self.labels[self.test]).float().mean())}

@@ -12,7 +12,7 @@ import pytest
 import rabo
 
 PUBLIC = ("BilevelProblem", "RunConfig", "build", "simulate", "hypergradient", "ChannelPlan",
-          "RaboError", "ConfigError")
+          "RaboError", "ConfigError", "trace_plan", "check_plan", "PlanError", "Params")
 
 
 def test_help_lists_the_public_api():
@@ -20,7 +20,7 @@ def test_help_lists_the_public_api():
     assert all(hasattr(rabo, name) for name in rabo.__all__)
     text = pydoc.render_doc(rabo, renderer=pydoc.plaintext)
     functions = text[text.index("FUNCTIONS"):]
-    for name in ("build(", "simulate = run(", "hypergradient("):
+    for name in ("build(", "simulate = run(", "hypergradient(", "trace_plan(", "check_plan("):
         assert name in functions, name
     classes = text[text.index("CLASSES"):text.index("FUNCTIONS")]
     assert "class BilevelProblem" in classes and "class RunConfig" in classes
