@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,6 +413,53 @@ def test_flower_local_stops_every_process_when_interrupted(tmp_path):
     assert proc.returncode == 130, log
     assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
         sorted(watch.seen.values())
+    assert watch.alive() == {}, watch.alive()
+
+
+# --- Flower's simulation engine: a SuperLink simulating the nodes, ClientApps in Ray actors ---
+SIMULATE = ["flower", "simulate", "--supernodes", "3", "--cpus", "2", "--node-cpus", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_simulate_matches_simulator(tmp_path):
+    pytest.importorskip("ray")
+    common = ["quadratic", "--method", "rabo", "--rounds", "2", "--clients", "10", "--seed", "0"]
+    code, log, _ = rabo("run", *common, "--out", str(tmp_path / "sim"), "--quiet", timeout=300)
+    assert code == 0, log
+    start = time.monotonic()
+    code, log, watch = rabo(*SIMULATE, *common, "--out", str(tmp_path / "flower"),
+                            "--timeout", "120", timeout=300)
+    print(f"rabo flower simulate, 3 simulated nodes: {time.monotonic() - start:.0f}s")
+    assert code == 0, log
+    assert watch.count("flower-superlink") == 1 and watch.count("flwr-simulation") == 1
+    assert watch.count("flower-supernode") == 0 and watch.count("raylet") == 1, \
+        sorted(watch.seen.values())
+    assert watch.alive() == {}, watch.alive()
+    assert "rabo: 3 node(s) host 10 of 10 clients" in log, log
+    assert "(Flower, simulation engine, 3 nodes): 2 rounds" in log, log
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_simulate_without_reachable_clients_exits_2_in_one_line(tmp_path):
+    """No node answers discovery within 0.1s (Ray is still starting): exit 2 with the
+    ServerApp's reason on one line, nothing saved as a result, every process stopped."""
+    pytest.importorskip("ray")
+    out = tmp_path / "flower"
+    code, log, watch = rabo(*SIMULATE, "quadratic", "--rounds", "2", "--clients", "4",
+                            "--capacities", "1,0.5", "--out", str(out), "--timeout", "0.1",
+                            timeout=300)
+    last = log.strip().splitlines()[-1]
+    logs = re.search(r"; logs in (\S+)$", last)
+    if logs:
+        shutil.rmtree(logs.group(1), ignore_errors=True)
+    assert code == 2, log
+    assert last.startswith("rabo: error: the Flower run failed: no node hosts client(s) "
+                           "0,1,2,3 of 4 after 0.1s (0 node(s) answered)"), log
+    assert logs, last
+    assert not (out / "final.safetensors").exists()
     assert watch.alive() == {}, watch.alive()
 
 
