@@ -325,24 +325,25 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
     modes = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
     run_options = _Parser(add_help=False).add_subparsers(parser_class=_Parser)
     _run_parser(run_options)
-    local = modes.add_parser(
-        "local", parents=[run_options.choices["run"]], conflict_handler="resolve",
-        help="start a SuperLink and SuperNodes on 127.0.0.1 and run there",
-        description="Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
-                    "k+N, ...), run PROBLEM on them with `flwr run`, write the same run "
-                    "directory as `rabo run`, and stop every process started. Takes the "
-                    "options of `rabo run`.")
+    described = {
+        "local": ("start a SuperLink and SuperNodes on 127.0.0.1 and run there",
+                  ("Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
+                   "k+N, ...), run PROBLEM on them with `flwr run`, write the same run "
+                   "directory as `rabo run`, and stop every process started. Takes the options "
+                   "of `rabo run`.")),
+        "simulate": ("run on Flower's simulation engine (Ray) on this machine",
+                     ("Start a SuperLink with Flower's simulation engine, run PROBLEM on N "
+                      "simulated nodes (node p, Flower's partition-id p, hosts clients p, "
+                      "p+N, ...) with `flwr run`, their ClientApps in a pool of Ray actors, "
+                      "write the same run directory as `rabo run`, and stop every process "
+                      "started. Needs pip install 'rabo[flower]' (Flower with its simulation "
+                      "extra, Ray). Takes the options of `rabo run`.")),
+    }
+    local, simulate = (modes.add_parser(name, parents=[run_options.choices["run"]],
+                                        conflict_handler="resolve", help=short, description=long)
+                       for name, (short, long) in described.items())
     local.add_argument("--supernodes", type=int, default=3,
                        help="SuperNodes to start (default: 3)")
-    simulate = modes.add_parser(
-        "simulate", parents=[run_options.choices["run"]], conflict_handler="resolve",
-        help="run on Flower's simulation engine (Ray) on this machine",
-        description="Start a SuperLink with Flower's simulation engine, run PROBLEM on N "
-                    "simulated nodes (node p, Flower's partition-id p, hosts clients p, p+N, "
-                    "...) with `flwr run`, their ClientApps in a pool of Ray actors, write the "
-                    "same run directory as `rabo run`, and stop every process started. Needs "
-                    "pip install 'rabo[flower]' (Flower with its simulation extra, Ray). Takes "
-                    "the options of `rabo run`.")
     simulate.add_argument("--supernodes", type=int,
                           help="simulated nodes (default: one per client)")
     simulate.add_argument("--cpus", type=int,

@@ -3,16 +3,20 @@
 rabo's client step exactly as the simulator does; the messages carry NumPy arrays, never pickle.
 
 A SuperNode states which rabo clients it hosts in its node config (``client-ids="0,3,6"`` or
-``client-id=K``; optionally ``data-dir=...``). The ServerApp first asks every node (a
-``query.hello`` message), then sends each node, per phase, one ``train`` message with the jobs
-of the clients it hosts (with one client per node: one message per job). A SuperNode of Flower
-1.41 handles its messages one at a time, each in a fresh ``flwr-clientapp`` process, so one
-message per node keeps a phase at one process start per node. The run config carries
-``rabo-config`` (the resolved config as JSON), ``out-dir``, ``timeout`` (seconds a phase waits
-for replies) and ``resume``.
+``client-id=K``; optionally ``data-dir=...``); a node of Flower's simulation engine, given
+``partition-id=p`` and ``num-partitions=N``, hosts clients p, p+N, p+2N, …. The ServerApp
+first asks every node (a ``query.hello`` message), then sends each node, per phase, one
+``train`` message with the jobs of the clients it hosts (with one client per node: one message
+per job). A client no node hosts, or a phase no client answers, stops the run with a one-line
+:class:`~rabo.errors.NoClientsError` (the rounds done checkpointed), never a finished run with
+nothing trained. A SuperNode of Flower 1.41 handles its messages one at a
+time, each in a fresh ``flwr-clientapp`` process, so one message per node keeps a phase at one
+process start per node. The run config carries ``rabo-config`` (the resolved config as JSON),
+``out-dir``, ``timeout`` (seconds a phase waits for replies, finite and > 0) and ``resume``.
 
 :func:`run_local` starts a SuperLink and N SuperNodes on 127.0.0.1 and runs the app on them
-(``rabo flower local``).
+(``rabo flower local``), or a SuperLink whose simulation engine simulates N nodes in Ray actors
+(``rabo flower simulate``).
 """
 
 from __future__ import annotations
