@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +25,11 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
+from rabo import checkpoint, cli
 from rabo.accounting import FlopCache
 from rabo.cli import main
 from rabo.config import RunConfig
+from rabo.errors import ConfigError, NoClientsError
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
 from rabo.runtime import flower
@@ -36,9 +40,10 @@ TOL = 1e-6
 
 class LoopbackGrid:
     """A Flower Grid whose nodes are the ClientApp called in this process: node k hosts the
-    clients of ``hosts[k]``; ``tamper(node, reply)`` may change a reply or drop it (None)."""
+    clients of ``hosts[k]``, a ``client-ids`` string or a whole node config (a simulated node's
+    ``partition-id``); ``tamper(node, reply)`` may change a reply or drop it (None)."""
 
-    def __init__(self, config: dict, hosts: dict[int, str], tamper=None):
+    def __init__(self, config: dict, hosts: dict[int, str | dict], tamper=None):
         self.config, self.hosts, self.tamper = config, hosts, tamper
         self.replies: dict[str, Message] = {}
         self.sent: list[tuple[int, str]] = []
@@ -52,8 +57,10 @@ class LoopbackGrid:
             message.metadata.__dict__["_message_id"] = message.object_id
             node = message.metadata.dst_node_id
             self.sent.append((node, message.metadata.message_type))
-            context = Context(run_id=1, node_id=node,
-                              node_config={"client-ids": self.hosts[node]}, state=RecordDict(),
+            hosts = self.hosts[node]
+            context = Context(run_id=1, node_id=node, state=RecordDict(),
+                              node_config=hosts if isinstance(hosts, dict)
+                              else {"client-ids": hosts},
                               run_config={"rabo-config": json.dumps(self.config)})
             try:
                 reply = flower.client_app(message, context)
@@ -109,16 +116,38 @@ def test_wire_keeps_names_dtypes_and_values():
 
 
 def test_hosted_clients_from_node_config():
-    assert flower.hosted_clients({"client-ids": "0,3,6"}) == [0, 3, 6]
-    assert flower.hosted_clients({"client-id": 4}) == [4]
-    assert flower.hosted_clients({}) == []
+    assert flower.hosted_clients({"client-ids": "0,3,6"}, 10) == [0, 3, 6]
+    assert flower.hosted_clients({"client-id": 4}, 10) == [4]
+    assert flower.hosted_clients({}, 10) == []
 
 
-def test_flower_app_in_process_matches_simulator(tmp_path, task_identity):
+def test_hosted_clients_of_a_simulated_node():
+    """Flower's simulation engine gives node p of N ``partition-id=p``, ``num-partitions=N``:
+    it hosts clients p, p+N, … below the client count; a node config's ids take precedence."""
+    def sim(p: int, n: int, clients: int, **more) -> list[int]:
+        return flower.hosted_clients({"partition-id": p, "num-partitions": n, **more}, clients)
+
+    assert sim(0, 3, 10) == [0, 3, 6, 9]
+    assert sim(1, 3, 10) == [1, 4, 7]
+    assert sim(2, 3, 10) == [2, 5, 8]
+    assert sim(4, 10, 10) == [4]
+    assert sim(3, 5, 3) == []                             # more nodes than clients
+    assert sim(1, 3, 10, **{"client-ids": "5"}) == [5]
+    every = sorted(c for p in range(4) for c in sim(p, 4, 10))
+    assert every == list(range(10))                       # each client on exactly one node
+
+
+NODE_CONFIGS = {"client-ids": {11: "0,3,6,9", 12: "1,4,7", 13: "2,5,8"},
+                "partition-id": {11 + p: {"partition-id": p, "num-partitions": 3}
+                                 for p in range(3)}}
+
+
+@pytest.mark.parametrize("nodes", list(NODE_CONFIGS))
+def test_flower_app_in_process_matches_simulator(nodes, tmp_path, task_identity):
     exp = build(RunConfig(problem="quadratic", rounds=2, clients=10))
     config = exp.config.to_dict()
     run(exp, tmp_path / "sim", progress=False)
-    grid = LoopbackGrid(config, {11: "0,3,6,9", 12: "1,4,7", 13: "2,5,8"})
+    grid = LoopbackGrid(config, NODE_CONFIGS[nodes])
     hosts = flower.discover(grid, 10, wait=5.0)
     assert hosts == {c: 11 + c % 3 for c in range(10)}
     run(build(RunConfig(**config)), tmp_path / "flower", progress=False,
@@ -160,10 +189,11 @@ def test_silent_erring_and_malformed_nodes_fail_their_clients(task_identity):
             reply.content["2/delta"] = flower.to_record({"y": torch.zeros(1)})
         return reply
 
-    grid = LoopbackGrid(exp.config.to_dict(), {11: "0,1", 12: "3,4", 13: "2", 14: "5,6"},
-                        tamper)
+    grid = LoopbackGrid(exp.config.to_dict(), {11: "0,1", 12: "3,4", 13: "2", 14: "5,6",
+                                               15: "7,8,9"}, tamper)
     hosts = flower.discover(grid, 10, wait=0.5)
-    assert sorted(hosts) == [0, 1, 2, 3, 4, 5, 6]       # nobody hosts 7, 8, 9
+    for client in (7, 8, 9):                              # as if their node had left
+        del hosts[client]
     transport = flower.FlowerTransport(grid, hosts, timeout=0.3)
     state = RunState(*exp.problem.init_params(exp.config.seed))
     metrics = run_round(exp, state, transport)
@@ -181,6 +211,88 @@ def test_a_node_whose_app_raises_fails_its_clients(task_identity):
     metrics = run_round(exp, RunState(*exp.problem.init_params(0)),
                         flower.FlowerTransport(grid, hosts, timeout=0.3))
     assert metrics["failed"] == [2, 3] and metrics["clients"] == [0, 1]
+
+
+def server_context(config: dict, out: Path, timeout: object, resume: bool = False) -> Context:
+    """The ServerApp's context as ``flwr run`` gives it from rabo's app config."""
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                   run_config={"rabo-config": json.dumps(config), "out-dir": str(out),
+                               "timeout": timeout, "resume": resume})
+
+
+def test_discovery_stops_the_run_when_a_client_has_no_node(task_identity):
+    grid = LoopbackGrid(RunConfig(problem="quadratic", clients=4).to_dict(),
+                        {11: "0,1", 12: {}})                  # node 12 names no clients
+    with pytest.raises(NoClientsError, match=r"^no node hosts client\(s\) 2,3 of 4 after 0.3s "
+                                             r"\(1 node\(s\) answered\)"):
+        flower.discover(grid, 4, wait=0.3)
+
+
+def test_server_app_with_no_client_reachable_fails_without_training(tmp_path, task_identity):
+    """Before hosted_clients read partition-id, simulated nodes hosted nobody: the ServerApp
+    failed every client every round and saved the initial parameters as the result."""
+    config = RunConfig(problem="quadratic", rounds=2, clients=4,
+                       capacities=[1.0, 0.5]).to_dict()
+    grid = LoopbackGrid(config, {11: {}, 12: {}})
+    with pytest.raises(NoClientsError, match=r"^no node hosts client\(s\) 0,1,2,3 of 4"):
+        flower.main(grid, server_context(config, tmp_path / "run", 0.3))
+    assert [t for _, t in grid.sent].count("train") == 0
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+
+
+def test_server_app_stops_when_a_phase_gets_no_reply_and_resumes(tmp_path, task_identity):
+    """From round 2 no node answers: the run stops in round 2's inner phase with a one-line
+    reason, round 1 checkpointed (though checkpoint_every is 3); resumed on healthy nodes, it
+    ends with the simulator's numbers."""
+    config = RunConfig(problem="quadratic", rounds=3, clients=4, capacities=[1.0, 0.5],
+                       checkpoint_every=3).to_dict()
+    run(build(RunConfig(**config)), tmp_path / "sim", progress=False)
+    out = tmp_path / "flower"
+
+    def silent_after_round_1(node: int, reply: Message) -> Message | None:
+        return reply if [t for _, t in grid.sent].count("train") <= 4 else None
+
+    grid = LoopbackGrid(config, {11: "0,2", 12: "1,3"}, silent_after_round_1)
+    with pytest.raises(NoClientsError) as stopped:
+        flower.main(grid, server_context(config, out, 0.3))
+    assert str(stopped.value).startswith("round 2 inner: none of the 4 client(s) 0,1,2,3 "
+                                         "answered within 0.3s")
+    assert "\n" not in str(stopped.value)
+    assert checkpoint.peek(out)["round"] == 1
+    assert [json.loads(line)["round"] for line in
+            (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (out / "final.safetensors").exists()
+    flower.main(LoopbackGrid(config, {11: "0,2", 12: "1,3"}),
+                server_context(config, out, 5.0, resume=True))
+    assert_same_run(tmp_path / "sim", out)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, "nan", float("inf"), "soon"])
+def test_server_app_refuses_a_timeout_not_above_zero(timeout, tmp_path, task_identity):
+    config = RunConfig(problem="quadratic", rounds=1, clients=2, capacities=[1.0]).to_dict()
+    grid = LoopbackGrid(config, {11: "0,1"})
+    with pytest.raises(ConfigError, match=r"^timeout="):
+        flower.main(grid, server_context(config, tmp_path / "run", timeout))
+    assert grid.sent == [] and not (tmp_path / "run").exists()
+
+
+TIMEOUTS = [["--timeout", "0"], ["--timeout", "-5"], ["--timeout", "nan"],
+            ["--timeout", "inf"]]
+RAY_RESOURCES = [["--cpus", "0"], ["--cpus", "2", "--node-cpus", "3"], ["--node-gpus", "-1"]]
+
+
+@pytest.mark.parametrize("mode, flags", [("local", f) for f in TIMEOUTS]
+                         + [("simulate", f) for f in TIMEOUTS + RAY_RESOURCES])
+def test_flower_cli_refuses_bad_settings_up_front(mode, flags, tmp_path, capsys):
+    """Refused before the run directory is touched (``--overwrite`` would empty it)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code = cli.main(["flower", mode, "quadratic", "--out", str(out), "--overwrite", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("rabo: error: "), err
+    assert f"{flags[-2].lstrip('-').replace('-', '_')}=" in err, err
+    assert (out / "keep.txt").exists()
 
 
 # --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
@@ -304,6 +416,53 @@ def test_flower_local_stops_every_process_when_interrupted(tmp_path):
     assert watch.alive() == {}, watch.alive()
 
 
+# --- Flower's simulation engine: a SuperLink simulating the nodes, ClientApps in Ray actors ---
+SIMULATE = ["flower", "simulate", "--supernodes", "3", "--cpus", "2", "--node-cpus", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_simulate_matches_simulator(tmp_path):
+    pytest.importorskip("ray")
+    common = ["quadratic", "--method", "rabo", "--rounds", "2", "--clients", "10", "--seed", "0"]
+    code, log, _ = rabo("run", *common, "--out", str(tmp_path / "sim"), "--quiet", timeout=300)
+    assert code == 0, log
+    start = time.monotonic()
+    code, log, watch = rabo(*SIMULATE, *common, "--out", str(tmp_path / "flower"),
+                            "--timeout", "120", timeout=300)
+    print(f"rabo flower simulate, 3 simulated nodes: {time.monotonic() - start:.0f}s")
+    assert code == 0, log
+    assert watch.count("flower-superlink") == 1 and watch.count("flwr-simulation") == 1
+    assert watch.count("flower-supernode") == 0 and watch.count("raylet") == 1, \
+        sorted(watch.seen.values())
+    assert watch.alive() == {}, watch.alive()
+    assert "rabo: 3 node(s) host 10 of 10 clients" in log, log
+    assert "(Flower, simulation engine, 3 nodes): 2 rounds" in log, log
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_simulate_without_reachable_clients_exits_2_in_one_line(tmp_path):
+    """No node answers discovery within 0.1s (Ray is still starting): exit 2 with the
+    ServerApp's reason on one line, nothing saved as a result, every process stopped."""
+    pytest.importorskip("ray")
+    out = tmp_path / "flower"
+    code, log, watch = rabo(*SIMULATE, "quadratic", "--rounds", "2", "--clients", "4",
+                            "--capacities", "1,0.5", "--out", str(out), "--timeout", "0.1",
+                            timeout=300)
+    last = log.strip().splitlines()[-1]
+    logs = re.search(r"; logs in (\S+)$", last)
+    if logs:
+        shutil.rmtree(logs.group(1), ignore_errors=True)
+    assert code == 2, log
+    assert last.startswith("rabo: error: the Flower run failed: no node hosts client(s) "
+                           "0,1,2,3 of 4 after 0.1s (0 node(s) answered)"), log
+    assert logs, last
+    assert not (out / "final.safetensors").exists()
+    assert watch.alive() == {}, watch.alive()
+
+
 class Dropping:
     """The simulator's transport with ``clients`` failing (no reply) from round ``start``
     (0-based) on, as a node that has died."""
@@ -351,7 +510,7 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
         os.kill(victim[0], signal.SIGKILL)
         killed_after = len(logged())                                  # rounds logged before
         dead = flower.hosted_clients(
-            {"client-ids": cmd[cmd.index("--node-config") + 1].split("=", 1)[1].strip('"')})
+            {"client-ids": cmd[cmd.index("--node-config") + 1].split("=", 1)[1].strip('"')}, 10)
         log, _ = proc.communicate(timeout=480)
         seconds = time.monotonic() - start
     finally:

@@ -13,6 +13,7 @@ from .config import (
     ConfigFile,
     RunConfig,
     apply,
+    check_seconds,
     differing_keys,
     packaged_config,
     parse_sets,
@@ -324,18 +325,39 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
     modes = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
     run_options = _Parser(add_help=False).add_subparsers(parser_class=_Parser)
     _run_parser(run_options)
-    local = modes.add_parser(
-        "local", parents=[run_options.choices["run"]], conflict_handler="resolve",
-        help="start a SuperLink and SuperNodes on 127.0.0.1 and run there",
-        description="Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
-                    "k+N, ...), run PROBLEM on them with `flwr run`, write the same run "
-                    "directory as `rabo run`, and stop every process started. Takes the "
-                    "options of `rabo run`.")
+    described = {
+        "local": ("start a SuperLink and SuperNodes on 127.0.0.1 and run there",
+                  ("Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
+                   "k+N, ...), run PROBLEM on them with `flwr run`, write the same run "
+                   "directory as `rabo run`, and stop every process started. Takes the options "
+                   "of `rabo run`.")),
+        "simulate": ("run on Flower's simulation engine (Ray) on this machine",
+                     ("Start a SuperLink with Flower's simulation engine, run PROBLEM on N "
+                      "simulated nodes (node p, Flower's partition-id p, hosts clients p, "
+                      "p+N, ...) with `flwr run`, their ClientApps in a pool of Ray actors, "
+                      "write the same run directory as `rabo run`, and stop every process "
+                      "started. Needs pip install 'rabo[flower]' (Flower with its simulation "
+                      "extra, Ray). Takes the options of `rabo run`.")),
+    }
+    local, simulate = (modes.add_parser(name, parents=[run_options.choices["run"]],
+                                        conflict_handler="resolve", help=short, description=long)
+                       for name, (short, long) in described.items())
     local.add_argument("--supernodes", type=int, default=3,
                        help="SuperNodes to start (default: 3)")
-    local.add_argument("--timeout", type=float, default=600.0,
-                       help="seconds a phase waits for a node's reply before counting its "
-                            "clients failed (default: 600)")
+    simulate.add_argument("--supernodes", type=int,
+                          help="simulated nodes (default: one per client)")
+    simulate.add_argument("--cpus", type=int,
+                          help="CPUs Ray may use in all (default: all of this machine's)")
+    simulate.add_argument("--node-cpus", type=int, default=1,
+                          help="CPUs per Ray actor: actors = cpus / node-cpus (default: 1)")
+    simulate.add_argument("--node-gpus", type=float, default=0.0,
+                          help="GPUs per Ray actor; a fraction shares a GPU (default: 0)")
+    for mode in (local, simulate):
+        mode.add_argument("--timeout", type=lambda text: check_seconds("--timeout", text),
+                          default=600.0,
+                          help="seconds a phase waits for a node's reply before counting its "
+                               "clients failed; a phase no client answers stops the run, the "
+                               "rounds done checkpointed (default: 600)")
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
@@ -343,18 +365,25 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("flwr") is None:
         raise ConfigError("rabo flower needs Flower; install it with pip install 'rabo[flower]'")
-    from .runtime.flower import run_local
+    simulated = args.flower_command == "simulate"
+    if simulated and importlib.util.find_spec("ray") is None:
+        raise ConfigError("rabo flower simulate needs Ray; install it with pip install "
+                          "'rabo[flower]' (Flower's simulation extra)")
+    from .runtime.flower import SimulationEngine, run_local
 
+    engine = SimulationEngine(args.cpus, args.node_cpus, args.node_gpus) if simulated else None
     exp, out = _prepare_run(args)
     cfg = exp.config
-    run_local(exp, out, args.supernodes, args.timeout, resume=bool(args.resume),
-              quiet=args.no_progress)
+    supernodes = cfg.clients if args.supernodes is None else args.supernodes
+    run_local(exp, out, supernodes, args.timeout, resume=bool(args.resume),
+              quiet=args.no_progress, engine=engine)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
-    print(f"{cfg.method} on {exp.problem.name} (Flower, {args.supernodes} SuperNodes): "
-          f"{cfg.rounds} rounds, " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
-          + f" -> {out}")
+    where = f"simulation engine, {supernodes} nodes" if simulated else \
+        f"{supernodes} SuperNodes"
+    print(f"{cfg.method} on {exp.problem.name} (Flower, {where}): {cfg.rounds} rounds, "
+          + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
     return 0
 
 

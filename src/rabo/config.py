@@ -262,6 +262,14 @@ def _positive(name: str, value: float, integer: bool) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
 
 
+def check_seconds(name: str, value: Any) -> float:
+    """``value`` (a flag's text or a run config's number) as seconds, refused unless a finite
+    number > 0."""
+    seconds = parse_value(name, value, float)
+    _positive(name, seconds, integer=False)
+    return seconds
+
+
 def resolve(config: RunConfig, problem_defaults: dict[str, Any],
             source: str = "the problem") -> RunConfig:
     """Fill every ``None`` from the method preset and the problem's defaults (those of

@@ -26,8 +26,16 @@ class DataError(RaboError):
     """A data directory or file is missing, truncated or malformed."""
 
 
-class DivergedError(RaboError):
+class StoppedError(RaboError):
+    """The run stopped before its last round; the rounds done are checkpointed, to resume."""
+
+
+class DivergedError(StoppedError):
     """Every client's update in a round was non-finite: the run diverged (steps too large)."""
+
+
+class NoClientsError(StoppedError):
+    """No client could be reached: no node hosts some client, or none answered in a phase."""
 
 
 def lookup(table: dict, kind: str, name: str):

@@ -3,22 +3,28 @@
 rabo's client step exactly as the simulator does; the messages carry NumPy arrays, never pickle.
 
 A SuperNode states which rabo clients it hosts in its node config (``client-ids="0,3,6"`` or
-``client-id=K``; optionally ``data-dir=...``). The ServerApp first asks every node (a
-``query.hello`` message), then sends each node, per phase, one ``train`` message with the jobs
-of the clients it hosts (with one client per node: one message per job). A SuperNode of Flower
-1.41 handles its messages one at a time, each in a fresh ``flwr-clientapp`` process, so one
-message per node keeps a phase at one process start per node. The run config carries
-``rabo-config`` (the resolved config as JSON), ``out-dir``, ``timeout`` (seconds a phase waits
-for replies) and ``resume``.
+``client-id=K``; optionally ``data-dir=...``); a node of Flower's simulation engine, given
+``partition-id=p`` and ``num-partitions=N``, hosts clients p, p+N, p+2N, …. The ServerApp
+first asks every node (a ``query.hello`` message), then sends each node, per phase, one
+``train`` message with the jobs of the clients it hosts (with one client per node: one message
+per job). A client no node hosts, or a phase no client answers, stops the run with a one-line
+:class:`~rabo.errors.NoClientsError` (the rounds done checkpointed), never a finished run with
+nothing trained. A SuperNode of Flower 1.41 handles its messages one at a
+time, each in a fresh ``flwr-clientapp`` process, so one message per node keeps a phase at one
+process start per node. The run config carries ``rabo-config`` (the resolved config as JSON),
+``out-dir``, ``timeout`` (seconds a phase waits for replies, finite and > 0) and ``resume``.
 
 :func:`run_local` starts a SuperLink and N SuperNodes on 127.0.0.1 and runs the app on them
-(``rabo flower local``).
+(``rabo flower local``), or a SuperLink whose simulation engine simulates N nodes in Ray actors
+(``rabo flower simulate``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,8 +56,8 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from ..accounting import FlopCache
-from ..config import RunConfig
-from ..errors import RaboError
+from ..config import RunConfig, check_seconds
+from ..errors import NoClientsError, RaboError
 from ..experiment import Experiment, build
 from ..rounds import Job, Reply
 from ..submodel import Params
@@ -119,8 +125,14 @@ def decode_reply(content: RecordDict, phase: str, job: Job) -> Reply:
 
 
 # --- ClientApp ---------------------------------------------------------------------------------
-def hosted_clients(node_config: dict[str, Any]) -> list[int]:
-    """The rabo client ids a SuperNode hosts: ``client-ids="0,3,6"`` or ``client-id=K``."""
+def hosted_clients(node_config: dict[str, Any], clients: int) -> list[int]:
+    """The rabo client ids a node hosts: those its node config names (``client-ids="0,3,6"``
+    or ``client-id=K``) or, on Flower's simulation engine, which gives node p of N the config
+    ``partition-id=p``, ``num-partitions=N``, clients p, p+N, p+2N, … below ``clients``."""
+    if "client-ids" not in node_config and "client-id" not in node_config \
+            and "partition-id" in node_config:
+        partition, nodes = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        return list(range(partition, clients, nodes))
     ids = node_config.get("client-ids", node_config.get("client-id", ""))
     return [int(i) for i in str(ids).split(",") if i.strip()]
 
@@ -143,7 +155,8 @@ client_app = ClientApp()
 @client_app.query("hello")
 def hello(message: Message, context: Context) -> Message:
     """Tell the server which rabo clients this node hosts."""
-    ids = hosted_clients(context.node_config)
+    config = RunConfig(**json.loads(str(context.run_config["rabo-config"])))
+    ids = hosted_clients(context.node_config, config.clients)
     return Message(RecordDict({"node": ConfigRecord({"client-ids": ids})}), reply_to=message)
 
 
@@ -152,14 +165,14 @@ def train(message: Message, context: Context) -> Message:
     """The client steps of one phase for the node's clients, through the simulator's own
     transport (so the same steps and FLOP counts); a client not hosted here gets no reply."""
     phase, round, jobs = decode_jobs(message.content)
-    hosted = set(hosted_clients(context.node_config))
+    data_dir = context.node_config.get("data-dir")
+    exp, flops = _experiment(str(context.run_config["rabo-config"]),
+                             None if data_dir is None else str(data_dir))
+    hosted = set(hosted_clients(context.node_config, exp.config.clients))
     for job in jobs:
         if job.client not in hosted:
             log(WARNING, "client %d is not hosted on this node", job.client)
     jobs = [job for job in jobs if job.client in hosted]
-    data_dir = context.node_config.get("data-dir")
-    exp, flops = _experiment(str(context.run_config["rabo-config"]),
-                             None if data_dir is None else str(data_dir))
     replies = LocalTransport(exp, flops)(phase, round, jobs)
     return Message(encode_replies({job.client: reply for job, reply in zip(jobs, replies)
                                    if reply is not None}), reply_to=message)
@@ -168,7 +181,8 @@ def train(message: Message, context: Context) -> Message:
 # --- ServerApp ---------------------------------------------------------------------------------
 def discover(grid: Grid, clients: int, wait: float) -> dict[int, int]:
     """Ask each connected node which rabo clients it hosts, until every one of ``clients`` has
-    a node or ``wait`` seconds pass; returns client id → node id (the first node claiming it)."""
+    a node; returns client id → node id (the first node claiming it). A client without a node
+    after ``wait`` seconds stops the run (:class:`NoClientsError`): it would fail every round."""
     deadline = time.monotonic() + wait
     asked: set[int] = set()
     pending: dict[str, int] = {}
@@ -192,10 +206,21 @@ def discover(grid: Grid, clients: int, wait: float) -> dict[int, int]:
                     hosts.setdefault(int(client), node)
         if len(hosts) < clients:
             time.sleep(POLL_SECONDS)
-    missing = sorted(set(range(clients)) - set(hosts))
-    log(INFO, "rabo: %d node(s) host %d of %d clients%s", len(set(hosts.values())), len(hosts),
-        clients, f"; no node hosts {missing}" if missing else "")
+    log(INFO, "rabo: %d node(s) host %d of %d clients", len(set(hosts.values())), len(hosts),
+        clients)
+    if missing := sorted(set(range(clients)) - set(hosts)):
+        raise NoClientsError(
+            f"no node hosts client(s) {_ids(missing)} of {clients} after {wait:g}s "
+            f"({len(set(hosts.values()))} node(s) answered); a node names its clients in its "
+            f"node config (client-ids=\"0,3,6\"), or hosts clients p, p+N, … as partition-id "
+            f"p of num-partitions N on Flower's simulation engine")
     return hosts
+
+
+def _ids(ids: Sequence[int], shown: int = 8) -> str:
+    """Client ids for a one-line message: the first ``shown``, then how many more."""
+    head = ",".join(str(i) for i in ids[:shown])
+    return head + (f",… ({len(ids)} in all)" if len(ids) > shown else "")
 
 
 @dataclass
@@ -204,7 +229,8 @@ class FlowerTransport:
     phase, carrying the jobs of the clients it hosts; replies awaited up to ``timeout``
     seconds. A client without a node, a node that errs or does not answer in time, and a reply
     that is not the job's (missing, other tensor names or shapes) give None: the driver counts
-    that client as failed."""
+    that client as failed. A phase in which no client answered stops the run
+    (:class:`NoClientsError`): the round would keep x and y as they were."""
 
     grid: Grid
     hosts: dict[int, int]
@@ -233,6 +259,11 @@ class FlowerTransport:
         for k in (k for ks in waiting.values() for k in ks):
             log(WARNING, "round %d %s: client %d did not answer within %gs", round + 1, phase,
                 jobs[k].client, self.timeout)
+        if jobs and all(reply is None for reply in replies):
+            raise NoClientsError(
+                f"round {round + 1} {phase}: none of the {len(jobs)} client(s) "
+                f"{_ids([job.client for job in jobs])} answered within {self.timeout:g}s "
+                f"(the log names each one's failure); the rounds done are checkpointed")
         return replies
 
     @staticmethod
@@ -257,8 +288,8 @@ def main(grid: Grid, context: Context) -> None:
     """Build the experiment from the run config, learn which node hosts which client, and run
     every round with the simulator's loop (same files, checkpoints and progress lines)."""
     settings = context.run_config
+    timeout = check_seconds("timeout", settings.get("timeout", 600.0))
     exp = build(RunConfig(**json.loads(str(settings["rabo-config"]))))
-    timeout = float(settings.get("timeout", 600.0))
     out = Path(str(settings["out-dir"])) if settings.get("out-dir") else None
     transport = FlowerTransport(grid, discover(grid, exp.config.clients, timeout), timeout)
     run(exp, out, progress=True, resume=bool(settings.get("resume", False)),
@@ -386,22 +417,82 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass(frozen=True)
+class SimulationEngine:
+    """Flower's simulation engine in place of SuperNode processes: the SuperLink simulates the
+    nodes and runs the ClientApp in a pool of Ray actors, one per ``node_cpus`` of the ``cpus``
+    Ray may use (default: all of this machine's), each with ``node_gpus`` GPUs (a fraction
+    shares one GPU among actors)."""
+
+    cpus: int | None = None
+    node_cpus: int = 1
+    node_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        cpus = self.ray_cpus
+        for name, value in (("cpus", cpus), ("node_cpus", self.node_cpus)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FlowerError(f"{name}={value!r} is not allowed; give an integer ≥ 1")
+        if self.node_cpus > cpus:
+            raise FlowerError(f"node_cpus={self.node_cpus} is more than the {cpus} CPU(s) Ray "
+                              f"may use, so no node could run; give node_cpus ≤ cpus")
+        if not (math.isfinite(self.node_gpus) and self.node_gpus >= 0):
+            raise FlowerError(f"node_gpus={self.node_gpus!r} is not allowed; give a number ≥ 0")
+
+    @property
+    def ray_cpus(self) -> int:
+        return (os.cpu_count() or 1) if self.cpus is None else self.cpus
+
+    def federation_config(self, supernodes: int) -> str:
+        """The ``--federation-config`` of ``flwr run`` for ``supernodes`` simulated nodes."""
+        return (f"num-supernodes={supernodes} init-args-num-cpus={self.ray_cpus} "
+                f"client-resources-num-cpus={self.node_cpus} "
+                f"client-resources-num-gpus={float(self.node_gpus)}")
+
+
+def _run_outcome(env: dict[str, str], flwr: str, seconds: float = 30.0) -> tuple[str, str]:
+    """Status (e.g. ``finished:failed``) and its details of the run on this FLWR_HOME's
+    SuperLink, once finished (``flwr list``; the SuperLink holds only this run)."""
+    deadline = time.monotonic() + seconds
+    status = details = ""
+    while time.monotonic() < deadline:
+        listing = subprocess.run([flwr, "list", "--format", "json"], env=env, text=True,
+                                 capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        try:
+            runs = json.loads(listing.stdout)["runs"]
+            status, details = str(runs[-1]["status"]), str(runs[-1]["status-details"])
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            status = details = ""
+        if status.startswith("finished"):
+            break
+        time.sleep(0.5)
+    return status, details
+
+
 def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.0,
-              resume: bool = False, quiet: bool = False) -> None:
+              resume: bool = False, quiet: bool = False,
+              engine: SimulationEngine | None = None) -> None:
     """Run ``exp`` on Flower on this machine: a SuperLink and ``supernodes`` SuperNodes on
-    127.0.0.1 (node k hosts clients k, k+N, k+2N, …), the app submitted with ``flwr run``, its
-    log streamed here; the ServerApp writes ``out`` as ``rabo run`` does. Every process started
-    here is stopped on return, failure, Ctrl-C or SIGTERM; where the run fails, the logs of
-    every process stay in the temporary folder the error names."""
-    if supernodes < 1:
+    127.0.0.1 (node k hosts clients k, k+N, k+2N, …), or with ``engine`` a SuperLink that
+    simulates ``supernodes`` nodes (node p: partition-id p, hosting the same clients), the app
+    submitted with ``flwr run``, its log streamed here; the ServerApp writes ``out`` as
+    ``rabo run`` does. A run the ServerApp failed (e.g. no client answered a phase) raises
+    :class:`FlowerError` with its reason. Every process started here is stopped on return,
+    failure, Ctrl-C or SIGTERM; where the run fails, the logs of every process stay in the
+    temporary folder the error names."""
+    if isinstance(supernodes, bool) or not isinstance(supernodes, int) or supernodes < 1:
         raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer ≥ 1")
+    timeout = check_seconds("timeout", timeout)
+    federation = [] if engine is None else \
+        ["--federation-config", engine.federation_config(supernodes)]
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="rabo-flower-"))
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, FLWR_HOME=str(work / "home"), FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
-               PYTHONUNBUFFERED="1", PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    link_port, *node_ports = _free_ports(1 + supernodes)
+               PYTHONUNBUFFERED="1", PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+               RAY_ADDRESS="local", RAY_TMPDIR=str(work))  # a Ray of its own, files in work
+    link_port, *node_ports = _free_ports(1 + (supernodes if engine is None else 0))
     (work / "home").mkdir()
     (work / "home" / "config.toml").write_text(
         '[superlink]\ndefault = "rabo-local"\n\n[superlink.rabo-local]\n'
@@ -428,7 +519,8 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
     try:
         link = start("superlink", [f"{bin_dir}/flower-superlink", "--insecure",
                                    "--disable-runtime-dependency-installation",
-                                   "--host", "127.0.0.1", "--port", str(link_port)])
+                                   "--host", "127.0.0.1", "--port", str(link_port)]
+                     + ([] if engine is None else ["--simulation"]))
         _wait_for_port(link_port, link, 60.0, work / "superlink.log")
         for k, port in enumerate(node_ports):
             ids = ",".join(str(i) for i in range(k, exp.config.clients, supernodes))
@@ -436,7 +528,8 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
                                      "--superlink", f"127.0.0.1:{link_port}",
                                      "--host", "127.0.0.1", "--port", str(port),
                                      "--node-config", f'client-ids="{ids}"'])
-        flwr = subprocess.Popen([f"{bin_dir}/flwr", "run", str(work / "app"), "--stream"],
+        flwr = subprocess.Popen([f"{bin_dir}/flwr", "run", str(work / "app"), "--stream",
+                                 *federation],
                                 env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(flwr)
@@ -448,6 +541,11 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
                     sys.stdout.flush()
         if flwr.wait() != 0:
             raise FlowerError(f"'flwr run' exited with code {flwr.returncode}; logs in {work}")
+        status, details = _run_outcome(env, f"{bin_dir}/flwr")
+        if status != "finished:completed":
+            reason = re.sub(r"^\w+ failed with exception: ", "", details).strip()
+            reason = reason.splitlines()[0] if reason else f"it ended {status or 'unknown'}"
+            raise FlowerError(f"the Flower run failed: {reason}; logs in {work}")
         final = out / "final.safetensors"
         if not final.exists() or final.stat().st_mtime < started:
             raise FlowerError(f"the Flower run ended without finishing {str(out)!r}; "

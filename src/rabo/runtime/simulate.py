@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from .. import checkpoint, client, stacked
 from ..accounting import FlopCache, shape_key
-from ..errors import DivergedError
+from ..errors import DivergedError, StoppedError
 from ..experiment import Experiment
 from ..rounds import Job, Reply, RunState, Transport, divergence, run_round
 
@@ -112,7 +112,8 @@ def run(exp: Experiment, out: str | Path | None = None, progress: bool = True,
     Progress is a bar on a terminal, a plain line per evaluation round otherwise.
     ``resume`` continues from ``out``'s checkpoint; Ctrl-C checkpoints the last round first,
     and so does a diverged round (every update non-finite), which then stops the run with a
-    :class:`DivergedError`.
+    :class:`DivergedError`, and a transport that raises a :class:`StoppedError` (on Flower: no
+    client answered a whole phase).
     ``transport`` carries the client steps (default: in this process; the Flower ServerApp
     passes its own and so shares this loop, its files and its checkpoints)."""
     from tqdm import tqdm
@@ -162,7 +163,7 @@ def run(exp: Experiment, out: str | Path | None = None, progress: bool = True,
                     raise KeyboardInterrupt
                 if reason := divergence(metrics):
                     raise DivergedError(reason + (f"; run so far kept in {out}" if out else ""))
-    except (KeyboardInterrupt, DivergedError):
+    except (KeyboardInterrupt, StoppedError):
         if out and saved < state.round:
             checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
         raise
