@@ -350,7 +350,7 @@ def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = 
         for name in (n for n in names if n in EVALUATIONS):
             say(f"{name}: batched evaluation and per-episode loop, {EVAL_EPISODES} episodes, "
                 f"{rounds} times each")
-            evaluations.append(measure_eval(seed, data_dir, rounds, device))
+            evaluations.append(measure_eval(seed, data_dir, rounds, device, EVAL_EPISODES))
         info = {**machine(device), "load_average_start": load_start,
                 "load_average_end": _load()}
     return {"machine": info,
