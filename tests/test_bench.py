@@ -117,6 +117,7 @@ def test_fewshot_eval_row_times_both_evaluations_and_compares_their_accuracies(
     assert checks["eval_at_least_5x"] == (row["speedup"] >= 5)
     table = capsys.readouterr().out
     assert "| fewshot-eval (synthetic) | 3 |" in table and "same accuracies: yes" in table
+    assert "same params" not in table  # no simulator workload, no vacuous check
 
 
 @pytest.mark.parametrize("argv, words", [

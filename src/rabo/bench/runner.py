@@ -382,7 +382,7 @@ def check_options(names: Sequence[str], rounds: int, warmup: int, device: str,
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table, one row per workload, and its checks."""
+    """The report as Markdown tables, one row per workload or evaluation, and its checks."""
     roof = report["roofline"]["flops_per_s"]
     columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
                "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s",
@@ -390,8 +390,9 @@ def format_table(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
               f"{report['roofline']['device']} ({machine['cpu']}, {machine['torch_threads']} "
-              f"threads)"),
-             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+              f"threads)")]
+    if report["workloads"]:
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     if machine.get("load_average_start") and machine.get("load_average_end"):
         lines.insert(1, f"load average {machine['load_average_start'][0]:.2f} at the start, "
                         f"{machine['load_average_end'][0]:.2f} at the end, on "
@@ -417,7 +418,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['max_accuracy_diff']:.2e} | {r['max_logit_diff']:.2e} | "
             f"{'yes' if r['same_accuracy'] else 'NO'} |")
     c = report["checks"]
-    lines += ["", "same parameters (≤ 1e-5) everywhere: " + ("yes" if c["same_params"] else "NO")]
+    lines.append("")
+    if report["workloads"]:
+        lines.append("same parameters (≤ 1e-5) everywhere: "
+                     + ("yes" if c["same_params"] else "NO"))
     if "same_accuracy" in c:
         lines.append(f"batched evaluation ≥ {SPEEDUP_TARGET:.0f}× the per-episode loop: "
                      f"{'yes' if c['eval_at_least_5x'] else 'NO'} ({c['eval_speedup']:.2f}×), "
