@@ -6,6 +6,7 @@ with the same parameters (so the speed is not bought with different math)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -231,24 +233,32 @@ def measure_eval(seed: int = 0, data_dir: str | None = None, repeats: int = 1,
     the backbone and head of ``init_params(seed)``; Omniglot's test alphabets with
     ``data_dir``, synthetic episodes without), batched (:meth:`FewShot.episode_accuracies`)
     against the per-episode loop (:func:`loop_accuracies`) on the same ``episodes`` episodes,
-    sampled beforehand; each timed ``repeats`` times in alternation after a warm-up on two
-    episodes, seconds are medians. ``same_accuracy``: every episode's accuracy equal in both;
-    ``max_logit_diff``: the largest query-logit difference over the first chunk of episodes."""
+    sampled beforehand; after a warm-up on two episodes, both evaluate them ``repeats`` times,
+    alternating chunk by chunk (``EVAL_CHUNK`` episodes) so that a change in the machine's
+    load falls on both alike; seconds are medians over the repeats. ``same_accuracy``: every
+    episode's accuracy equal in both; ``max_logit_diff``: the largest query-logit difference
+    over the first chunk of episodes."""
     source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
     problem = FewShot(clients=1, seed=seed, data_dir=data_dir, ways=5, shots=1, **source)
     x, y = ({n: p.to(device) for n, p in params.items()} for params in problem.init_params(seed))
     tasks = [{n: t.to(device) for n, t in task.items()}
              for task in problem.test_tasks(episodes, seed)]
-    both = {"loop": lambda: loop_accuracies(problem, x, y, tasks),
-            "batched": lambda: problem.episode_accuracies(x, y, tasks)}
-    loop_accuracies(problem, x, y, tasks[:2])
-    problem.episode_accuracies(x, y, tasks[:2])
+    both = {"loop": functools.partial(loop_accuracies, problem, x, y),
+            "batched": functools.partial(problem.episode_accuracies, x, y)}
+    for evaluate in both.values():
+        evaluate(tasks[:2])
     seconds: dict[str, list[float]] = {side: [] for side in both}
     accs: dict[str, Any] = {}
     for _ in range(repeats):
-        for side, step in both.items():
-            took, accs[side], _ = _timed(step, device, count=False)
-            seconds[side].append(took)
+        parts: dict[str, list[Any]] = {side: [] for side in both}
+        for start in range(0, episodes, EVAL_CHUNK):
+            chunk = tasks[start:start + EVAL_CHUNK]
+            for side, evaluate in both.items():
+                parts[side].append(_timed(functools.partial(evaluate, chunk), device,
+                                          count=False)[:2])
+        for side, timed in parts.items():
+            seconds[side].append(sum(took for took, _ in timed))
+            accs[side] = np.concatenate([part for _, part in timed])
     first = tasks[:EVAL_CHUNK]
     logits = float((problem.query_logits(x, y, first) - torch.stack(
         [loop_query_logits(problem, x, y, t) for t in first])).abs().max()) if first else 0.0
