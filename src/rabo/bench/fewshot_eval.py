@@ -37,10 +37,3 @@ def loop_accuracies(problem: FewShot, x: Params, y: Params, tasks: list[Task]) -
     return np.array([float((loop_query_logits(problem, x, y, t).argmax(-1)
                             == t["query_labels"]).float().mean()) for t in tasks])
 
-
-def eval_problem(seed: int = 0, data_dir: str | None = None, ways: int = 5,
-                 shots: int = 1) -> FewShot:
-    """The workload's problem: Conv-4 at width 64, N-way K-shot test episodes of Omniglot's test
-    alphabets with ``data_dir``, synthetic ones without (same shapes and cost)."""
-    source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
-    return FewShot(clients=1, seed=seed, data_dir=data_dir, ways=ways, shots=shots, **source)
