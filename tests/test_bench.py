@@ -4,6 +4,7 @@ refuses bad values in one line."""
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -89,9 +90,39 @@ def test_bench_command_writes_json(tmp_path, monkeypatch, capsys):
     assert "| quadratic-20 | 20 |" in table and "same params" in table
 
 
+def test_fewshot_eval_row_times_both_evaluations_and_compares_their_accuracies(
+        tmp_path, monkeypatch, capsys):
+    """`rabo bench --workloads fewshot-eval` on 3 synthetic episodes: the row's fields (no
+    timing assertion: a unit test cannot time), its checks and its table line."""
+    monkeypatch.setattr(runner, "EVAL_EPISODES", 3)
+    monkeypatch.setattr("rabo.bench.runner.matmul_flops",
+                        lambda device, sizes=None: matmul_flops(device, (64,), 2, 0.0))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--workloads", "fewshot-eval", "--rounds", "2", "--threads", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["workloads"] == []
+    (row,) = report["evaluations"]
+    assert (row["workload"], row["episodes"], row["ways"], row["shots"], row["source"]) == \
+        ("fewshot-eval", 3, 5, 1, "synthetic")
+    assert len(row["seconds"]["loop"]) == len(row["seconds"]["batched"]) == 2
+    assert row["loop_seconds"] == pytest.approx(statistics.median(row["seconds"]["loop"]))
+    assert row["speedup"] == pytest.approx(row["loop_seconds"] / row["batched_seconds"])
+    assert row["same_accuracy"] is True and row["max_accuracy_diff"] <= 1e-6
+    assert row["max_logit_diff"] <= 1e-5 and row["accuracy"] == pytest.approx(
+        row["loop_accuracy"], abs=1e-6)
+    checks = report["checks"]
+    assert checks["same_params"] is True and checks["same_accuracy"] is True
+    assert checks["eval_speedup"] == row["speedup"]
+    assert checks["eval_at_least_5x"] == (row["speedup"] >= 5)
+    table = capsys.readouterr().out
+    assert "| fewshot-eval (synthetic) | 3 |" in table and "same accuracies: yes" in table
+    assert "same params" not in table  # no simulator workload, no vacuous check
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--workloads", "fewshot,cifar"], ["unknown workload 'cifar'",
-                                        "allowed: fewshot, losstuning, quadratic"]),
+                                        "allowed: fewshot, fewshot-eval, losstuning, quadratic"]),
     (["--workloads", ","], ["no workload given"]),
     (["--rounds", "0"], ["rounds=0"]),
     (["--warmup", "-1"], ["warmup=-1"]),

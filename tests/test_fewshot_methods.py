@@ -39,8 +39,9 @@ def test_protonet_has_no_head_and_is_evaluated_with_prototypes(monkeypatch):
     assert y == {} and not any(n.startswith("head.") for n in x)
     task = synthetic_task(np.random.default_rng(0), 3, 1, 19, 28)
     task = {**task, "query": task["support"], "query_labels": task["support_labels"]}
-    monkeypatch.setattr(problem, "fit_head", lambda *a: pytest.fail("fitted a head"))
-    assert problem.episode_accuracy(x, y, task) == 1.0  # each query is its class's prototype
+    monkeypatch.setattr(problem, "fitted_heads", lambda *a: pytest.fail("fitted a head"))
+    # each query is its class's prototype
+    assert problem.episode_accuracies(x, y, [task]).tolist() == [1.0]
 
 
 @pytest.mark.parametrize("shots", [1, 5])
@@ -52,9 +53,43 @@ def test_evaluation_head_fit_lowers_the_support_loss(shots):
     task = synthetic_task(np.random.default_rng(0), 5, shots, 20 - shots, 28)
     with torch.no_grad():
         feats = problem.features(x, task)
+    heads = problem.fitted_heads(feats[0][None], task["support_labels"][None], y)
     start = float(problem.inner_loss_from(feats, y, task))
-    end = float(problem.inner_loss_from(feats, problem.fitted_head(feats, y, task), task))
+    end = float(problem.inner_loss_from(feats, {n: p[0] for n, p in heads.items()}, task))
     assert start == pytest.approx(math.log(5), rel=1e-5) and end < 0.75 * start
+
+
+def test_batched_evaluation_gives_the_per_episode_loops_logits_in_order(monkeypatch):
+    """Issue 24: the heads of a chunk of episodes fitted together (each on its own g) and the
+    features of every episode set with its own batch statistics give the per-episode loop's
+    query logits, episode by episode, across chunk borders (chunks of 3: 3 + 3 + 1)."""
+    from rabo.bench.fewshot_eval import loop_accuracies, loop_query_logits
+    from rabo.problems import fewshot
+
+    monkeypatch.setattr(fewshot, "EVAL_CHUNK", 3)
+    problem = synthetic(ways=5, shots=1, eval_steps=10)
+    x, y = problem.init_params(0)
+    torch.manual_seed(0)
+    y = {n: 0.1 * torch.randn_like(p) for n, p in y.items()}  # heads start at the global y
+    tasks = list(problem.test_tasks(7, seed=3))
+    batched = problem.episode_accuracies(x, y, tasks, len(tasks))
+    loop = loop_accuracies(problem, x, y, tasks)
+    assert len(set(loop.tolist())) > 2  # the episodes differ: the order is tested too
+    np.testing.assert_allclose(batched, loop, rtol=0, atol=1e-6)
+    logits = problem.query_logits(x, y, tasks[3:6])
+    for e, task in enumerate(tasks[3:6]):
+        torch.testing.assert_close(logits[e], loop_query_logits(problem, x, y, task),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_test_episodes_are_seeded_and_the_same_at_every_evaluation():
+    problem = synthetic(ways=3, shots=2)
+    first, again = (list(problem.test_tasks(2, seed=5)) for _ in range(2))
+    other = next(problem.test_tasks(1, seed=6))
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a["query"], b["query"], rtol=0, atol=0)
+    assert first[0]["support"].shape == (6, 1, 28, 28)
+    assert float((first[0]["query"] - other["query"]).abs().max()) > 1
 
 
 def _head_hessian(problem, feats, y, task):

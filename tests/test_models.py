@@ -249,3 +249,20 @@ def test_pooling_before_relu_is_the_textbook_block_exactly():
              for out in (ours, textbook)]
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_max_pool2_without_autograd_is_max_pool2d_bit_for_bit():
+    """Evaluation's pooling (pairwise maxima where no gradient is recorded) gives max_pool2d's
+    values exactly, on ties (Omniglot's blank regions) and odd sizes (floored) too; with
+    autograd it is max_pool2d, whose backward sends a tied window's gradient to its first
+    maximum only (the pairwise maximum would split it)."""
+    from rabo.models.convnets import max_pool2
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 7, 9)
+    h[:, :, :4] = 0.5  # tied windows
+    with torch.no_grad():
+        assert torch.equal(max_pool2(h), torch.nn.functional.max_pool2d(h, 2))
+        assert max_pool2(h).shape == (3, 4, 3, 4)
+    tied = torch.full((1, 1, 2, 2), 0.5, requires_grad=True)
+    (grad,) = torch.autograd.grad(max_pool2(tied).sum(), tied)
+    assert grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]

@@ -365,3 +365,17 @@ def test_full_data_defaults_to_the_background_evaluation_split(tmp_path):
     split = split_alphabets(data)
     assert (split.train_alphabets, split.test_alphabets) == (("Alpha",), ("Beta",))
     assert (len(split.train_classes), len(split.test_classes)) == (3 * 4, 2 * 4)
+
+
+@needs_data
+@pytest.mark.slow
+def test_batched_evaluation_gives_the_loops_accuracies_on_real_episodes():
+    """Issue 24 on 20 Omniglot test episodes (binary images: tied pooling windows, flat batch
+    statistics): the batched evaluation's per-episode accuracies and query logits are the
+    per-episode loop's."""
+    from rabo.bench.runner import measure_eval
+
+    row = measure_eval(data_dir=str(OMNIGLOT_DIR), episodes=20)
+    assert row["source"] == "omniglot" and row["same_accuracy"] is True
+    assert row["max_accuracy_diff"] <= 1e-6 and row["max_logit_diff"] <= 1e-5
+    assert 0.2 < row["accuracy"] < 1  # a random Conv-4 is better than chance (1/5) already

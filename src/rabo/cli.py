@@ -398,10 +398,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                     "round of both, their ratio, the simulator's counted FLOP/s as a fraction "
                     "of the roofline, peak RSS, and whether both end with the same parameters.")
     p.add_argument("--workloads", default="fewshot,losstuning,quadratic",
-                   help="comma-separated: fewshot (Conv-4 5w1s, 10 clients), losstuning "
-                        "(digits, 10 clients), quadratic (100 and 1,000 clients) (default: all)")
+                   help="comma-separated: fewshot (Conv-4 5w1s, 10 clients), fewshot-eval "
+                        "(600 test episodes, batched against the per-episode loop), losstuning "
+                        "(digits, 10 clients), quadratic (100 and 1,000 clients) (default: all "
+                        "but fewshot-eval)")
     p.add_argument("--rounds", type=int, default=3,
-                   help="timed rounds per workload, after the warm-up (default: 3)")
+                   help="timed rounds per workload, after the warm-up; fewshot-eval: timed "
+                        "evaluations of each side (default: 3)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed rounds first, where FLOPs are counted (default: 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -428,6 +431,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bad = [r["workload"] for r in report["workloads"] if not r["same_params"]]
         print(f"rabo: bench: simulator and naive loop end with different parameters on "
               f"{', '.join(bad)}", file=sys.stderr)
+        return 1
+    if not report["checks"].get("same_accuracy", True):
+        bad = [r["workload"] for r in report["evaluations"] if not r["same_accuracy"]]
+        print(f"rabo: bench: batched evaluation and per-episode loop give different accuracies "
+              f"on {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
 

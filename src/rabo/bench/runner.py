@@ -6,6 +6,7 @@ with the same parameters (so the speed is not bought with different math)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,15 +29,21 @@ from ..accounting import FlopCache
 from ..config import PAPER_CAPACITIES, RunConfig, check_device
 from ..errors import ConfigError, UnknownNameError
 from ..experiment import Experiment, build
+from ..problems.fewshot import EVAL_CHUNK, FewShot
 from ..rounds import RunState
 from ..runtime.simulate import json_safe, simulate_round
 from ..submodel import Params
+from .fewshot_eval import loop_accuracies, loop_query_logits
 from .naive import NaiveLoop
 from .roofline import Roofline, matmul_flops, synchronize
 
-WORKLOADS = ("fewshot", "losstuning", "quadratic")
+WORKLOADS = ("fewshot", "fewshot-eval", "losstuning", "quadratic")
+EVALUATIONS = ("fewshot-eval",)   # evaluation workloads: batched against a per-episode loop
 QUADRATIC_CLIENTS = (100, 1000)   # the last is the headline row; both give the growth check
 TOLERANCE = 1e-5                  # max |simulator − naive| over every coordinate of x and y
+EVAL_EPISODES = 600               # fewshot-eval: a few-shot run's final_episodes
+SAME_ACCURACY = 1e-6              # per-episode accuracies are k/Q: a flipped query is ≥ 1/Q
+SPEEDUP_TARGET = 5.0              # issue 24: fewshot-eval batched ≥ 5× the per-episode loop
 RSS_LIMIT = 4 * 2 ** 30           # quadratic at 1,000 clients must stay below it
 NEVER = 10 ** 9                   # rounds / eval_every of a bench config: no evaluation rounds
 MIB = 2 ** 20
@@ -53,11 +61,14 @@ def workloads(names: Sequence[str], seed: int = 0, data_dir: str | None = None) 
     """The bench's runs: ``fewshot`` (Conv-4, 5-way 1-shot, 10 clients of capacities
     1, ½, ¼, ⅛, 1/16; Omniglot with ``data_dir``, synthetic episodes without), ``losstuning``
     (digits, 10 clients) and ``quadratic`` at each of :data:`QUADRATIC_CLIENTS` clients; all
-    with method rabo."""
+    with method rabo. The evaluation workloads (:data:`EVALUATIONS`) are not runs: see
+    :func:`measure_eval`."""
     out = []
     for name in names:
         if name not in WORKLOADS:
             raise UnknownNameError("workload", name, WORKLOADS)
+        if name in EVALUATIONS:
+            continue
         if name == "fewshot":
             source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
             out.append(Workload(name, RunConfig(
@@ -216,6 +227,52 @@ def measure(workload: Workload, rounds: int = 3, warmup: int = 1, device: str = 
             "rss_reset": sim["peak_rss_since_reset"]}
 
 
+def measure_eval(seed: int = 0, data_dir: str | None = None, repeats: int = 1,
+                 device: str = "cpu", episodes: int = EVAL_EPISODES) -> dict[str, Any]:
+    """``fewshot-eval``: a few-shot run's final evaluation (Conv-4 at width 64, 5-way 1-shot,
+    the backbone and head of ``init_params(seed)``; Omniglot's test alphabets with
+    ``data_dir``, synthetic episodes without), batched (:meth:`FewShot.episode_accuracies`)
+    against the per-episode loop (:func:`loop_accuracies`) on the same ``episodes`` episodes,
+    sampled beforehand; after a warm-up on two episodes, both evaluate them ``repeats`` times,
+    alternating chunk by chunk (``EVAL_CHUNK`` episodes) so that a change in the machine's
+    load falls on both alike; seconds are medians over the repeats. ``same_accuracy``: every
+    episode's accuracy equal in both; ``max_logit_diff``: the largest query-logit difference
+    over the first chunk of episodes."""
+    source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
+    problem = FewShot(clients=1, seed=seed, data_dir=data_dir, ways=5, shots=1, **source)
+    x, y = ({n: p.to(device) for n, p in params.items()} for params in problem.init_params(seed))
+    tasks = [{n: t.to(device) for n, t in task.items()}
+             for task in problem.test_tasks(episodes, seed)]
+    both = {"loop": functools.partial(loop_accuracies, problem, x, y),
+            "batched": functools.partial(problem.episode_accuracies, x, y)}
+    for evaluate in both.values():
+        evaluate(tasks[:2])
+    seconds: dict[str, list[float]] = {side: [] for side in both}
+    accs: dict[str, Any] = {}
+    for _ in range(repeats):
+        parts: dict[str, list[Any]] = {side: [] for side in both}
+        for start in range(0, episodes, EVAL_CHUNK):
+            chunk = tasks[start:start + EVAL_CHUNK]
+            for side, evaluate in both.items():
+                parts[side].append(_timed(functools.partial(evaluate, chunk), device,
+                                          count=False)[:2])
+        for side, timed in parts.items():
+            seconds[side].append(sum(took for took, _ in timed))
+            accs[side] = np.concatenate([part for _, part in timed])
+    first = tasks[:EVAL_CHUNK]
+    logits = float((problem.query_logits(x, y, first) - torch.stack(
+        [loop_query_logits(problem, x, y, t) for t in first])).abs().max()) if first else 0.0
+    diff = float(abs(accs["loop"] - accs["batched"]).max()) if episodes else 0.0
+    loop_s, batched_s = (statistics.median(seconds[side]) for side in both)
+    return {"workload": "fewshot-eval", "problem": "fewshot", "episodes": episodes,
+            "ways": problem.ways, "shots": int(problem.opts["shots"]),
+            "source": problem.opts["source"], "repeats": repeats, "device": device,
+            "loop_seconds": loop_s, "batched_seconds": batched_s, "seconds": seconds,
+            "speedup": loop_s / batched_s, "accuracy": float(accs["batched"].mean()),
+            "loop_accuracy": float(accs["loop"].mean()), "max_accuracy_diff": diff,
+            "max_logit_diff": logits, "same_accuracy": diff <= SAME_ACCURACY}
+
+
 # --- the whole bench -------------------------------------------------------------------------
 def machine(device: str) -> dict[str, Any]:
     """What the figures were measured on."""
@@ -241,11 +298,17 @@ def _load() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's acceptance figures: same parameters everywhere; quadratic at the largest
+def checks(rows: list[dict[str, Any]],
+           evaluations: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The issues' acceptance figures: same parameters everywhere; quadratic at the largest
     client count under 4 GiB peak RSS; its seconds per round growing at most linearly in the
-    clients (exponent log(s₂/s₁)/log(M₂/M₁) ≤ 1, with 10 % slack for timing noise)."""
+    clients (exponent log(s₂/s₁)/log(M₂/M₁) ≤ 1, with 10 % slack for timing noise); batched
+    few-shot evaluation with the loop's accuracies, ≥ 5× faster (issue 24)."""
     out: dict[str, Any] = {"same_params": all(r["same_params"] for r in rows)}
+    if evaluations:
+        out["same_accuracy"] = all(r["same_accuracy"] for r in evaluations)
+        out["eval_speedup"] = min(r["speedup"] for r in evaluations)
+        out["eval_at_least_5x"] = out["eval_speedup"] >= SPEEDUP_TARGET
     quad = sorted((r for r in rows if r["problem"] == "quadratic"), key=lambda r: r["clients"])
     if quad:
         out["quadratic_peak_rss_mib"] = quad[-1]["simulator"]["peak_rss_mib"]
@@ -293,6 +356,11 @@ def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = 
         for workload in workloads(names, seed, data_dir):
             say(f"{workload.name}: simulator and naive loop, {warmup} + {rounds} rounds each")
             rows.append(measure(workload, rounds, warmup, device, roof))
+        evaluations = []
+        for name in (n for n in names if n in EVALUATIONS):
+            say(f"{name}: batched evaluation and per-episode loop, {EVAL_EPISODES} episodes, "
+                f"{rounds} times each")
+            evaluations.append(measure_eval(seed, data_dir, rounds, device, EVAL_EPISODES))
         info = {**machine(device), "load_average_start": load_start,
                 "load_average_end": _load()}
     return {"machine": info,
@@ -301,7 +369,8 @@ def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = 
             "settings": {"workloads": list(names), "rounds": rounds, "warmup": warmup,
                          "device": device, "threads": torch.get_num_threads(), "seed": seed,
                          "data_dir": data_dir, "tolerance": TOLERANCE},
-            "workloads": rows, "checks": checks(rows),
+            "workloads": rows, "evaluations": evaluations,
+            "checks": checks(rows, evaluations),
             "wall_seconds": time.perf_counter() - start}
 
 
@@ -323,7 +392,7 @@ def check_options(names: Sequence[str], rounds: int, warmup: int, device: str,
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table, one row per workload, and its checks."""
+    """The report as Markdown tables, one row per workload or evaluation, and its checks."""
     roof = report["roofline"]["flops_per_s"]
     columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
                "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s",
@@ -331,8 +400,9 @@ def format_table(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
               f"{report['roofline']['device']} ({machine['cpu']}, {machine['torch_threads']} "
-              f"threads)"),
-             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+              f"threads)")]
+    if report["workloads"]:
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     if machine.get("load_average_start") and machine.get("load_average_end"):
         lines.insert(1, f"load average {machine['load_average_start'][0]:.2f} at the start, "
                         f"{machine['load_average_end'][0]:.2f} at the end, on "
@@ -346,8 +416,26 @@ def format_table(report: dict[str, Any]) -> str:
             f"{naive['flops_per_s'] / 1e9:.3f} | {sim['peak_rss_mib']:.0f} / "
             f"{naive['peak_rss_mib']:.0f} | {r['max_param_diff']:.2e} | "
             f"{'yes' if r['same_params'] else 'NO'} |")
+    evaluations = report.get("evaluations", [])
+    if evaluations:
+        columns = ("evaluation", "episodes", "loop s", "batched s", "speed-up", "accuracy",
+                   "max accuracy diff", "max logit diff", "same accuracy")
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in evaluations:
+        lines.append(
+            f"| {r['workload']} ({r['source']}) | {r['episodes']} | {r['loop_seconds']:.2f} | "
+            f"{r['batched_seconds']:.2f} | {r['speedup']:.2f}× | {r['accuracy']:.4f} | "
+            f"{r['max_accuracy_diff']:.2e} | {r['max_logit_diff']:.2e} | "
+            f"{'yes' if r['same_accuracy'] else 'NO'} |")
     c = report["checks"]
-    lines += ["", "same parameters (≤ 1e-5) everywhere: " + ("yes" if c["same_params"] else "NO")]
+    lines.append("")
+    if report["workloads"]:
+        lines.append("same parameters (≤ 1e-5) everywhere: "
+                     + ("yes" if c["same_params"] else "NO"))
+    if "same_accuracy" in c:
+        lines.append(f"batched evaluation ≥ {SPEEDUP_TARGET:.0f}× the per-episode loop: "
+                     f"{'yes' if c['eval_at_least_5x'] else 'NO'} ({c['eval_speedup']:.2f}×), "
+                     f"same accuracies: {'yes' if c['same_accuracy'] else 'NO'}")
     if "quadratic_rss_under_4gib" in c:
         lines.append(f"quadratic peak RSS {c['quadratic_peak_rss_mib']:.0f} MiB < 4 GiB: "
                      + ("yes" if c["quadratic_rss_under_4gib"] else "NO"))
