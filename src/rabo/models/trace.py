@@ -189,8 +189,9 @@ def output_axis(model: nn.Module, example_inputs: Sequence[Tensor] | Tensor) -> 
 def _trace(model: nn.Module, example_inputs: Sequence[Tensor] | Tensor,
            full_outputs: bool) -> tuple[ChannelPlan, Axis | None]:
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
-    try:
-        graph = fx.symbolic_trace(model)
+    try:   # with autograd on, as in training (a forward may branch on it)
+        with torch.enable_grad():
+            graph = fx.symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds; the message says which
         raise PlanError(f"torch.fx cannot trace {type(model).__name__} "
                         f"({str(err).splitlines()[0][:120]}): write its ChannelPlan by hand "
