@@ -33,6 +33,7 @@ from rabo.errors import ConfigError, NoClientsError
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
 from rabo.runtime import flower
+from rabo.runtime.reaper import alive
 from rabo.runtime.simulate import LocalTransport, run
 
 TOL = 1e-6
@@ -277,12 +278,14 @@ def test_server_app_refuses_a_timeout_not_above_zero(timeout, tmp_path, task_ide
 
 
 TIMEOUTS = [["--timeout", "0"], ["--timeout", "-5"], ["--timeout", "nan"],
-            ["--timeout", "inf"]]
+            ["--timeout", "inf"], ["--timeout", "86401"], ["--timeout", "1e12"]]
+NODES = [["--supernodes", "0"], ["--supernodes", "-3"], ["--supernodes", "11"],
+         ["--supernodes", "200000"], ["--clients", "1000", "--supernodes", "257"]]
 RAY_RESOURCES = [["--cpus", "0"], ["--cpus", "2", "--node-cpus", "3"], ["--node-gpus", "-1"]]
 
 
-@pytest.mark.parametrize("mode, flags", [("local", f) for f in TIMEOUTS]
-                         + [("simulate", f) for f in TIMEOUTS + RAY_RESOURCES])
+@pytest.mark.parametrize("mode, flags", [("local", f) for f in TIMEOUTS + NODES]
+                         + [("simulate", f) for f in TIMEOUTS + NODES[:4] + RAY_RESOURCES])
 def test_flower_cli_refuses_bad_settings_up_front(mode, flags, tmp_path, capsys):
     """Refused before the run directory is touched (``--overwrite`` would empty it)."""
     out = tmp_path / "run"
@@ -295,7 +298,55 @@ def test_flower_cli_refuses_bad_settings_up_front(mode, flags, tmp_path, capsys)
     assert (out / "keep.txt").exists()
 
 
+@pytest.mark.parametrize("mode, clients, nodes, allowed", [
+    ("local", 10, "200000", "1 to 10 (one node per client at most, 10 clients)"),
+    ("local", 1000, "257", "1 to 256 (at most 256 SuperNode processes, 1000 clients)"),
+    ("simulate", 1000, "1001", "1 to 1000 (one node per client at most, 1000 clients)")])
+def test_flower_cli_names_the_allowed_node_counts(mode, clients, nodes, allowed, capsys):
+    code = cli.main(["flower", mode, "quadratic", "--clients", str(clients),
+                     "--supernodes", nodes])
+    assert code == 2
+    assert capsys.readouterr().err == (f"rabo: error: supernodes={nodes} is not allowed; give "
+                                       f"an integer from {allowed}\n")
+
+
+def test_node_count_defaults_and_bounds():
+    """3 SuperNodes by default, never more than the clients; one simulated node per client."""
+    assert flower.node_count(None, 10, simulated=False) == 3
+    assert flower.node_count(None, 2, simulated=False) == 2
+    assert flower.node_count(None, 10, simulated=True) == 10
+    assert flower.node_count(10, 10, simulated=False) == 10
+    assert flower.node_count(256, 100_000, simulated=False) == 256
+    assert flower.node_count(5000, 5000, simulated=True) == 5000
+    for bad in (True, 2.0, "3", 0, 11):
+        with pytest.raises(flower.FlowerError, match=rf"^supernodes={bad!r} is not allowed"):
+            flower.node_count(bad, 10, simulated=False)
+
+
 # --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
+def descendants(pid: int, groups: list[int]) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of ``pid``, and of every member of the
+    process ``groups`` (a process whose parent died stays in its group); Linux /proc."""
+    table: dict[int, tuple[int, int, int]] = {}   # pid → parent pid, process group, start
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found = {p for p, (_, group, _) in table.items() if group in groups and p != pid}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.add(child)
+        todo.extend(children.get(child, []))
+    return sorted((p, table[p][2]) for p in found)
+
+
 class ProcessWatch:
     """Records every descendant of a process (pid, start time → parent pid, command line)
     while it runs, and every member of a process group led by one of them (a process whose
@@ -322,7 +373,7 @@ class ProcessWatch:
         return [pid for pid, start in list(self.seen) if ours(pid, start)]
 
     def _scan(self) -> None:
-        for pid, start in flower.descendants(self.pid, self._groups()):
+        for pid, start in descendants(self.pid, self._groups()):
             try:  # read again each time: between fork and exec it is the parent's
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -352,7 +403,7 @@ class ProcessWatch:
                    for ppid, cmd in self.seen.values())
 
     def alive(self) -> dict[tuple[int, int], list[str]]:
-        return {d: cmd for d, (_, cmd) in self.seen.items() if flower.alive(*d)}
+        return {d: cmd for d, (_, cmd) in self.seen.items() if alive(*d)}
 
 
 def rabo(*args: str, timeout: float) -> tuple[int, str, ProcessWatch]:
@@ -505,7 +556,7 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
             time.sleep(0.05)
         nodes = {d: cmd for d, (_, cmd) in watch.seen.items()
                  if any(Path(arg).name == "flower-supernode" for arg in cmd[:2])}
-        (victim, cmd), = [(d, cmd) for d, cmd in nodes.items() if flower.alive(*d)
+        (victim, cmd), = [(d, cmd) for d, cmd in nodes.items() if alive(*d)
                           and 'client-ids="1,4,7"' in cmd]            # node k hosts k, k+3, …
         os.kill(victim[0], signal.SIGKILL)
         killed_after = len(logged())                                  # rounds logged before
@@ -524,7 +575,7 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
         watch.stop()
         left = watch.alive()
         for pid, started in left:                      # stop what the run left, by pid
-            if flower.alive(pid, started):
+            if alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
     print(f"rabo flower local with a SuperNode killed after round {killed_after}: "
           f"{seconds:.0f}s")
