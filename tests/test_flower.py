@@ -442,29 +442,119 @@ def test_flower_local_matches_simulator(problem, tmp_path):
     assert_same_run(tmp_path / "sim", tmp_path / "flower")
 
 
+def mid_run(out: Path, *flags: str) -> tuple[subprocess.Popen, ProcessWatch]:
+    """``rabo flower local`` on the quadratic for 100 rounds (3 SuperNodes, 10 clients),
+    watched, once its first round is logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local", "quadratic",
+                             "--rounds", "100", "--out", str(out), "--quiet", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = ProcessWatch(proc.pid)
+    deadline = time.monotonic() + 300
+    try:
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.5)
+    except BaseException:
+        clean_up(proc, watch)
+        raise
+    return proc, watch
+
+
+def run_folder(watch: ProcessWatch) -> Path:
+    """The temporary folder of the watched run (``flwr run FOLDER/app``)."""
+    return next(Path(arg).parent for _, cmd in watch.seen.values() for arg in cmd
+                if Path(arg).name == "app" and Path(arg).parent.name.startswith("rabo-flower-"))
+
+
+def clean_up(proc: subprocess.Popen, watch: ProcessWatch) -> None:
+    """After a test, whatever it asserted: kill the rabo process and what it left, by pid."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+    watch.stop()
+    for pid, started in watch.alive():
+        if alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
 def test_flower_local_stops_every_process_when_interrupted(tmp_path):
-    out = tmp_path / "flower"
-    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local", "quadratic",
-                             "--rounds", "100", "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watch = ProcessWatch(proc.pid)
+    proc, watch = mid_run(tmp_path / "flower")
     try:
-        deadline = time.monotonic() + 300
-        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)                  # like Ctrl-C: clean up, exit 130
         log, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
         watch.stop()
-    assert proc.returncode == 130, log
-    assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
-        sorted(watch.seen.values())
-    assert watch.alive() == {}, watch.alive()
+        work = run_folder(watch)
+        assert proc.returncode == 130, log
+        assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
+            sorted(watch.seen.values())
+        assert watch.alive() == {}, watch.alive()
+        assert not work.exists(), sorted(work.iterdir())
+    finally:
+        clean_up(proc, watch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_local_killed_with_sigkill_leaves_nothing_behind(tmp_path):
+    """kill -9 of ``rabo flower local`` mid-run: within 10 s not one process it started is
+    alive (by pid and start time: SuperLink, SuperNodes, their SuperExecs, flwr run, the
+    ServerApp and ClientApp processes, the supervisor), and its temporary folder is gone."""
+    proc, watch = mid_run(tmp_path / "flower")
+    try:
+        work = run_folder(watch)
+        assert work.is_dir()
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        proc.communicate(timeout=60)      # rabo's output ends when the supervisor exits
+        watch.stop()                      # what started before the kill and its groups
+        while (watch.alive() or work.exists()) and time.monotonic() < killed + 10:
+            time.sleep(0.1)
+        seconds = time.monotonic() - killed
+        print(f"rabo flower local killed with SIGKILL: {len(watch.seen)} processes, all gone "
+              f"and the folder removed after {seconds:.1f}s")
+        assert watch.count("flower-superlink") == 1 and watch.count("flower-supernode") == 3
+        assert watch.count("flwr-serverapp") == 1 and watch.count("flwr-clientapp") >= 3, \
+            sorted(watch.seen.values())
+        assert watch.alive() == {}, watch.alive()
+        assert not work.exists(), sorted(work.iterdir())
+    finally:
+        clean_up(proc, watch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_local_stops_when_its_superlink_is_killed(tmp_path):
+    """kill -9 of the SuperLink mid-run: rabo exits 2 within a minute with one line naming
+    it, every process it started is stopped (the ServerApp's too, which Flower leaves
+    running), the run's checkpoint stays, the logs stay in the folder named."""
+    out = tmp_path / "flower"
+    proc, watch = mid_run(out, "--checkpoint-every", "1")
+    work = None
+    try:
+        (link, _), = [(d, cmd) for d, (_, cmd) in watch.seen.items()
+                      if any(Path(arg).name == "flower-superlink" for arg in cmd[:2])]
+        os.kill(link[0], signal.SIGKILL)
+        killed = time.monotonic()
+        log, _ = proc.communicate(timeout=120)
+        seconds = time.monotonic() - killed
+        watch.stop()
+        work = run_folder(watch)
+        print(f"rabo flower local with its SuperLink killed: exit {proc.returncode} after "
+              f"{seconds:.1f}s")
+        assert proc.returncode == 2 and seconds < 60, (seconds, log)
+        assert log.splitlines() == [
+            "rabo: error: the SuperLink was killed by SIGKILL during the run; the run's last "
+            + f"checkpoint stays in {str(out)!r}; logs in {work}"], log
+        assert watch.count("flwr-serverapp") == 1, sorted(watch.seen.values())
+        assert watch.alive() == {}, watch.alive()
+        assert (work / "superlink.log").exists()
+        assert checkpoint.peek(out)["round"] >= 1
+    finally:
+        clean_up(proc, watch)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --- Flower's simulation engine: a SuperLink simulating the nodes, ClientApps in Ray actors ---

@@ -347,7 +347,7 @@ def stop_processes(procs: Sequence[subprocess.Popen], work: str, grace: float = 
     """Stop every process of the run marked with ``work`` (:func:`~rabo.runtime.reaper.
     stop_marked`: those started here and all they started, Flower's SuperExec and app
     processes included, wherever they were reparented), SIGKILL after ``grace`` seconds, and
-    reap those started here."""
+    reap those started here (without Linux's /proc, only these are found, and killed)."""
     stop_marked(work, grace)
     for p in procs:
         if p.poll() is None:
@@ -527,13 +527,15 @@ def run_local(exp: Experiment, out: Path, supernodes: int | None = None,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(flwr)
         watching = _stop_when_ended(link, flwr)
-        with open(work / "flwr-run.log", "wb") as log_file:  # the run's log, shown unless quiet
-            for line in flwr.stdout or []:
-                log_file.write(line)
-                if not quiet:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.flush()
-        watching.set()
+        try:
+            with open(work / "flwr-run.log", "wb") as log_file:  # the run's log, unless quiet
+                for line in flwr.stdout or []:
+                    log_file.write(line)
+                    if not quiet:
+                        sys.stdout.buffer.write(line)
+                        sys.stdout.flush()
+        finally:
+            watching.set()
         flwr.wait()
         if link.poll() is not None:
             raise FlowerError(f"the SuperLink {_ended(link.returncode)} during the run; the "

@@ -43,10 +43,10 @@ def alive(pid: int, start: int) -> bool:
 
 def marked(work: str) -> list[tuple[int, int]]:
     """(pid, start time) of every live process, other than this one, whose environment holds
-    ``RABO_FLOWER_RUN=work`` (Linux /proc; a process of another user is not readable)."""
+    ``RABO_FLOWER_RUN=work`` (Linux /proc, else none; another user's are not readable)."""
     entry = f"\0{MARK}={work}\0".encode()
     found = []
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
