@@ -442,10 +442,11 @@ def test_flower_local_matches_simulator(problem, tmp_path):
     assert_same_run(tmp_path / "sim", tmp_path / "flower")
 
 
-def mid_run(out: Path, *flags: str) -> tuple[subprocess.Popen, ProcessWatch]:
-    """``rabo flower local`` on the quadratic for 100 rounds (3 SuperNodes, 10 clients),
-    watched, once its first round is logged."""
-    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local", "quadratic",
+def mid_run(out: Path, *flags: str, mode: tuple[str, ...] = ("flower", "local")
+            ) -> tuple[subprocess.Popen, ProcessWatch]:
+    """``rabo flower local`` (or ``mode``) on the quadratic for 100 rounds (3 nodes, 10
+    clients), watched, once its first round is logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", *mode, "quadratic",
                              "--rounds", "100", "--out", str(out), "--quiet", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch = ProcessWatch(proc.pid)
@@ -497,11 +498,16 @@ def test_flower_local_stops_every_process_when_interrupted(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
-def test_flower_local_killed_with_sigkill_leaves_nothing_behind(tmp_path):
+@pytest.mark.parametrize("mode", ["local", "simulate"])
+def test_flower_killed_with_sigkill_leaves_nothing_behind(mode, tmp_path):
     """kill -9 of ``rabo flower local`` mid-run: within 10 s not one process it started is
     alive (by pid and start time: SuperLink, SuperNodes, their SuperExecs, flwr run, the
-    ServerApp and ClientApp processes, the supervisor), and its temporary folder is gone."""
-    proc, watch = mid_run(tmp_path / "flower")
+    ServerApp and ClientApp processes, the supervisor), and its temporary folder is gone; so
+    too for ``rabo flower simulate`` (Ray's processes instead of the SuperNodes')."""
+    if mode == "simulate":
+        pytest.importorskip("ray")
+    proc, watch = mid_run(tmp_path / "flower", mode=tuple(SIMULATE if mode == "simulate"
+                                                          else ["flower", "local"]))
     try:
         work = run_folder(watch)
         assert work.is_dir()
@@ -512,11 +518,13 @@ def test_flower_local_killed_with_sigkill_leaves_nothing_behind(tmp_path):
         while (watch.alive() or work.exists()) and time.monotonic() < killed + 10:
             time.sleep(0.1)
         seconds = time.monotonic() - killed
-        print(f"rabo flower local killed with SIGKILL: {len(watch.seen)} processes, all gone "
-              f"and the folder removed after {seconds:.1f}s")
-        assert watch.count("flower-superlink") == 1 and watch.count("flower-supernode") == 3
-        assert watch.count("flwr-serverapp") == 1 and watch.count("flwr-clientapp") >= 3, \
+        print(f"rabo flower {mode} killed with SIGKILL: {len(watch.seen)} processes, all "
+              f"gone and the folder removed after {seconds:.1f}s")
+        started = {"local": {"flower-superlink": 1, "flower-supernode": 3, "flwr-serverapp": 1},
+                   "simulate": {"flower-superlink": 1, "flwr-simulation": 1, "raylet": 1}}
+        assert {name: watch.count(name) for name in started[mode]} == started[mode], \
             sorted(watch.seen.values())
+        assert mode == "simulate" or watch.count("flwr-clientapp") >= 3
         assert watch.alive() == {}, watch.alive()
         assert not work.exists(), sorted(work.iterdir())
     finally:
