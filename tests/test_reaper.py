@@ -4,6 +4,7 @@ with the run, also when rabo is killed with SIGKILL, and the run's folder goes w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,8 +60,8 @@ def test_killed_parent_leaves_no_process_and_no_folder():
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(Path(reaper.__file__).parent)],
                               stdout=subprocess.PIPE, text=True)
     found: list[tuple[int, int]] = []
+    work = Path(parent.stdout.readline().strip())
     try:
-        work = Path(parent.stdout.readline().strip())
         assert work.is_dir() and work.name.startswith("rabo-flower-"), work
         wait_for(lambda: len(marked(str(work))) == 4, 30)        # 2 sleeps, sh, its sleep
         children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
@@ -75,6 +76,7 @@ def test_killed_parent_leaves_no_process_and_no_folder():
         for pid, start in found:
             if alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)             # if the supervisor was killed
     print(f"every marked process and the supervisor gone, the folder removed, {seconds:.2f}s "
           f"after SIGKILL")
 
@@ -93,9 +95,7 @@ def test_supervisor_removes_the_folder_unless_told_to_keep_it(said, kept):
         for p in (proc, guard):
             if p.poll() is None:
                 p.kill()
-        if kept:
-            import shutil
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_stop_marked_kills_what_ignores_sigterm_and_spares_other_marks(tmp_path):
