@@ -33,6 +33,7 @@ from rabo.errors import ConfigError, NoClientsError
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
 from rabo.runtime import flower
+from rabo.runtime.reaper import alive
 from rabo.runtime.simulate import LocalTransport, run
 
 TOL = 1e-6
@@ -277,12 +278,14 @@ def test_server_app_refuses_a_timeout_not_above_zero(timeout, tmp_path, task_ide
 
 
 TIMEOUTS = [["--timeout", "0"], ["--timeout", "-5"], ["--timeout", "nan"],
-            ["--timeout", "inf"]]
+            ["--timeout", "inf"], ["--timeout", "86401"], ["--timeout", "1e12"]]
+NODES = [["--supernodes", "0"], ["--supernodes", "-3"], ["--supernodes", "11"],
+         ["--supernodes", "200000"], ["--clients", "1000", "--supernodes", "257"]]
 RAY_RESOURCES = [["--cpus", "0"], ["--cpus", "2", "--node-cpus", "3"], ["--node-gpus", "-1"]]
 
 
-@pytest.mark.parametrize("mode, flags", [("local", f) for f in TIMEOUTS]
-                         + [("simulate", f) for f in TIMEOUTS + RAY_RESOURCES])
+@pytest.mark.parametrize("mode, flags", [("local", f) for f in TIMEOUTS + NODES]
+                         + [("simulate", f) for f in TIMEOUTS + NODES[:4] + RAY_RESOURCES])
 def test_flower_cli_refuses_bad_settings_up_front(mode, flags, tmp_path, capsys):
     """Refused before the run directory is touched (``--overwrite`` would empty it)."""
     out = tmp_path / "run"
@@ -295,7 +298,55 @@ def test_flower_cli_refuses_bad_settings_up_front(mode, flags, tmp_path, capsys)
     assert (out / "keep.txt").exists()
 
 
+@pytest.mark.parametrize("mode, clients, nodes, allowed", [
+    ("local", 10, "200000", "1 to 10 (one node per client at most, 10 clients)"),
+    ("local", 1000, "257", "1 to 256 (at most 256 SuperNode processes, 1000 clients)"),
+    ("simulate", 1000, "1001", "1 to 1000 (one node per client at most, 1000 clients)")])
+def test_flower_cli_names_the_allowed_node_counts(mode, clients, nodes, allowed, capsys):
+    code = cli.main(["flower", mode, "quadratic", "--clients", str(clients),
+                     "--supernodes", nodes])
+    assert code == 2
+    assert capsys.readouterr().err == (f"rabo: error: supernodes={nodes} is not allowed; give "
+                                       f"an integer from {allowed}\n")
+
+
+def test_node_count_defaults_and_bounds():
+    """3 SuperNodes by default, never more than the clients; one simulated node per client."""
+    assert flower.node_count(None, 10, simulated=False) == 3
+    assert flower.node_count(None, 2, simulated=False) == 2
+    assert flower.node_count(None, 10, simulated=True) == 10
+    assert flower.node_count(10, 10, simulated=False) == 10
+    assert flower.node_count(256, 100_000, simulated=False) == 256
+    assert flower.node_count(5000, 5000, simulated=True) == 5000
+    for bad in (True, 2.0, "3", 0, 11):
+        with pytest.raises(flower.FlowerError, match=rf"^supernodes={bad!r} is not allowed"):
+            flower.node_count(bad, 10, simulated=False)
+
+
 # --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
+def descendants(pid: int, groups: list[int]) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of ``pid``, and of every member of the
+    process ``groups`` (a process whose parent died stays in its group); Linux /proc."""
+    table: dict[int, tuple[int, int, int]] = {}   # pid → parent pid, process group, start
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found = {p for p, (_, group, _) in table.items() if group in groups and p != pid}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.add(child)
+        todo.extend(children.get(child, []))
+    return sorted((p, table[p][2]) for p in found)
+
+
 class ProcessWatch:
     """Records every descendant of a process (pid, start time → parent pid, command line)
     while it runs, and every member of a process group led by one of them (a process whose
@@ -322,7 +373,7 @@ class ProcessWatch:
         return [pid for pid, start in list(self.seen) if ours(pid, start)]
 
     def _scan(self) -> None:
-        for pid, start in flower.descendants(self.pid, self._groups()):
+        for pid, start in descendants(self.pid, self._groups()):
             try:  # read again each time: between fork and exec it is the parent's
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -352,7 +403,7 @@ class ProcessWatch:
                    for ppid, cmd in self.seen.values())
 
     def alive(self) -> dict[tuple[int, int], list[str]]:
-        return {d: cmd for d, (_, cmd) in self.seen.items() if flower.alive(*d)}
+        return {d: cmd for d, (_, cmd) in self.seen.items() if alive(*d)}
 
 
 def rabo(*args: str, timeout: float) -> tuple[int, str, ProcessWatch]:
@@ -391,29 +442,127 @@ def test_flower_local_matches_simulator(problem, tmp_path):
     assert_same_run(tmp_path / "sim", tmp_path / "flower")
 
 
+def mid_run(out: Path, *flags: str, mode: tuple[str, ...] = ("flower", "local")
+            ) -> tuple[subprocess.Popen, ProcessWatch]:
+    """``rabo flower local`` (or ``mode``) on the quadratic for 100 rounds (3 nodes, 10
+    clients), watched, once its first round is logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", *mode, "quadratic",
+                             "--rounds", "100", "--out", str(out), "--quiet", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = ProcessWatch(proc.pid)
+    deadline = time.monotonic() + 300
+    try:
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.5)
+    except BaseException:
+        clean_up(proc, watch)
+        raise
+    return proc, watch
+
+
+def run_folder(watch: ProcessWatch) -> Path:
+    """The temporary folder of the watched run (``flwr run FOLDER/app``)."""
+    return next(Path(arg).parent for _, cmd in watch.seen.values() for arg in cmd
+                if Path(arg).name == "app" and Path(arg).parent.name.startswith("rabo-flower-"))
+
+
+def clean_up(proc: subprocess.Popen, watch: ProcessWatch) -> None:
+    """After a test, whatever it asserted: kill the rabo process and what it left, by pid."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+    watch.stop()
+    for pid, started in watch.alive():
+        if alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
 def test_flower_local_stops_every_process_when_interrupted(tmp_path):
-    out = tmp_path / "flower"
-    proc = subprocess.Popen([sys.executable, "-m", "rabo.cli", "flower", "local", "quadratic",
-                             "--rounds", "100", "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watch = ProcessWatch(proc.pid)
+    proc, watch = mid_run(tmp_path / "flower")
     try:
-        deadline = time.monotonic() + 300
-        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)                  # like Ctrl-C: clean up, exit 130
         log, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
         watch.stop()
-    assert proc.returncode == 130, log
-    assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
-        sorted(watch.seen.values())
-    assert watch.alive() == {}, watch.alive()
+        work = run_folder(watch)
+        assert proc.returncode == 130, log
+        assert watch.count("flower-supernode") == 3 and watch.count("flwr-serverapp") == 1, \
+            sorted(watch.seen.values())
+        assert watch.alive() == {}, watch.alive()
+        assert not work.exists(), sorted(work.iterdir())
+    finally:
+        clean_up(proc, watch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+@pytest.mark.parametrize("mode", ["local", "simulate"])
+def test_flower_killed_with_sigkill_leaves_nothing_behind(mode, tmp_path):
+    """kill -9 of ``rabo flower local`` mid-run: within 10 s not one process it started is
+    alive (by pid and start time: SuperLink, SuperNodes, their SuperExecs, flwr run, the
+    ServerApp and ClientApp processes, the supervisor), and its temporary folder is gone; so
+    too for ``rabo flower simulate`` (Ray's processes instead of the SuperNodes')."""
+    if mode == "simulate":
+        pytest.importorskip("ray")
+    proc, watch = mid_run(tmp_path / "flower", mode=tuple(SIMULATE if mode == "simulate"
+                                                          else ["flower", "local"]))
+    try:
+        work = run_folder(watch)
+        assert work.is_dir()
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        proc.communicate(timeout=60)      # rabo's output ends when the supervisor exits
+        watch.stop()                      # what started before the kill and its groups
+        while (watch.alive() or work.exists()) and time.monotonic() < killed + 10:
+            time.sleep(0.1)
+        seconds = time.monotonic() - killed
+        print(f"rabo flower {mode} killed with SIGKILL: {len(watch.seen)} processes, all "
+              f"gone and the folder removed after {seconds:.1f}s")
+        started = {"local": {"flower-superlink": 1, "flower-supernode": 3, "flwr-serverapp": 1},
+                   "simulate": {"flower-superlink": 1, "flwr-simulation": 1, "raylet": 1}}
+        assert {name: watch.count(name) for name in started[mode]} == started[mode], \
+            sorted(watch.seen.values())
+        assert mode == "simulate" or watch.count("flwr-clientapp") >= 3
+        assert watch.alive() == {}, watch.alive()
+        assert not work.exists(), sorted(work.iterdir())
+    finally:
+        clean_up(proc, watch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="watches processes in /proc")
+def test_flower_local_stops_when_its_superlink_is_killed(tmp_path):
+    """kill -9 of the SuperLink mid-run: rabo exits 2 within a minute with one line naming
+    it, every process it started is stopped (the ServerApp's too, which Flower leaves
+    running), the run's checkpoint stays, the logs stay in the folder named."""
+    out = tmp_path / "flower"
+    proc, watch = mid_run(out, "--checkpoint-every", "1")
+    work = None
+    try:
+        (link, _), = [(d, cmd) for d, (_, cmd) in watch.seen.items()
+                      if any(Path(arg).name == "flower-superlink" for arg in cmd[:2])]
+        os.kill(link[0], signal.SIGKILL)
+        killed = time.monotonic()
+        log, _ = proc.communicate(timeout=120)
+        seconds = time.monotonic() - killed
+        watch.stop()
+        work = run_folder(watch)
+        print(f"rabo flower local with its SuperLink killed: exit {proc.returncode} after "
+              f"{seconds:.1f}s")
+        assert proc.returncode == 2 and seconds < 60, (seconds, log)
+        assert log.splitlines() == [
+            "rabo: error: the SuperLink was killed by SIGKILL during the run; the run's last "
+            + f"checkpoint stays in {str(out)!r}; logs in {work}"], log
+        assert watch.count("flwr-serverapp") == 1, sorted(watch.seen.values())
+        assert watch.alive() == {}, watch.alive()
+        assert (work / "superlink.log").exists()
+        assert checkpoint.peek(out)["round"] >= 1
+    finally:
+        clean_up(proc, watch)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --- Flower's simulation engine: a SuperLink simulating the nodes, ClientApps in Ray actors ---
@@ -505,7 +654,7 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
             time.sleep(0.05)
         nodes = {d: cmd for d, (_, cmd) in watch.seen.items()
                  if any(Path(arg).name == "flower-supernode" for arg in cmd[:2])}
-        (victim, cmd), = [(d, cmd) for d, cmd in nodes.items() if flower.alive(*d)
+        (victim, cmd), = [(d, cmd) for d, cmd in nodes.items() if alive(*d)
                           and 'client-ids="1,4,7"' in cmd]            # node k hosts k, k+3, …
         os.kill(victim[0], signal.SIGKILL)
         killed_after = len(logged())                                  # rounds logged before
@@ -524,7 +673,7 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
         watch.stop()
         left = watch.alive()
         for pid, started in left:                      # stop what the run left, by pid
-            if flower.alive(pid, started):
+            if alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
     print(f"rabo flower local with a SuperNode killed after round {killed_after}: "
           f"{seconds:.0f}s")

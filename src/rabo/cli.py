@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .config import (
+    PHASE_TIMEOUT_MAX,
     ConfigFile,
     RunConfig,
     apply,
@@ -342,10 +343,10 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
     local, simulate = (modes.add_parser(name, parents=[run_options.choices["run"]],
                                         conflict_handler="resolve", help=short, description=long)
                        for name, (short, long) in described.items())
-    local.add_argument("--supernodes", type=int, default=3,
-                       help="SuperNodes to start (default: 3)")
+    local.add_argument("--supernodes", type=int,
+                       help="SuperNodes to start, 1 to min(clients, 256) (default: 3)")
     simulate.add_argument("--supernodes", type=int,
-                          help="simulated nodes (default: one per client)")
+                          help="simulated nodes, 1 to clients (default: one per client)")
     simulate.add_argument("--cpus", type=int,
                           help="CPUs Ray may use in all (default: all of this machine's)")
     simulate.add_argument("--node-cpus", type=int, default=1,
@@ -353,11 +354,11 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--node-gpus", type=float, default=0.0,
                           help="GPUs per Ray actor; a fraction shares a GPU (default: 0)")
     for mode in (local, simulate):
-        mode.add_argument("--timeout", type=lambda text: check_seconds("--timeout", text),
-                          default=600.0,
+        mode.add_argument("--timeout", default=600.0,
+                          type=lambda text: check_seconds("--timeout", text, PHASE_TIMEOUT_MAX),
                           help="seconds a phase waits for a node's reply before counting its "
-                               "clients failed; a phase no client answers stops the run, the "
-                               "rounds done checkpointed (default: 600)")
+                               "clients failed, at most 86400; a phase no client answers stops "
+                               "the run, the rounds done checkpointed (default: 600)")
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
@@ -369,12 +370,15 @@ def cmd_flower(args: argparse.Namespace) -> int:
     if simulated and importlib.util.find_spec("ray") is None:
         raise ConfigError("rabo flower simulate needs Ray; install it with pip install "
                           "'rabo[flower]' (Flower's simulation extra)")
-    from .runtime.flower import SimulationEngine, run_local
+    from .runtime.flower import SimulationEngine, node_count, run_local
 
     engine = SimulationEngine(args.cpus, args.node_cpus, args.node_gpus) if simulated else None
+    given = None if args.resume else config_from_args(args)
+    if given is not None and given.clients >= 1:   # refused before --overwrite empties --out
+        node_count(args.supernodes, given.clients, simulated)
     exp, out = _prepare_run(args)
     cfg = exp.config
-    supernodes = cfg.clients if args.supernodes is None else args.supernodes
+    supernodes = node_count(args.supernodes, cfg.clients, simulated)
     run_local(exp, out, supernodes, args.timeout, resume=bool(args.resume),
               quiet=args.no_progress, engine=engine)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

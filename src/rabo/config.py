@@ -262,11 +262,19 @@ def _positive(name: str, value: float, integer: bool) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
 
 
-def check_seconds(name: str, value: Any) -> float:
+# The most seconds a Flower run waits for a phase's replies (``--timeout``): a day; Flower
+# refuses messages whose time to live ends after the year 9999.
+PHASE_TIMEOUT_MAX = 86_400.0
+
+
+def check_seconds(name: str, value: Any, most: float = math.inf) -> float:
     """``value`` (a flag's text or a run config's number) as seconds, refused unless a finite
-    number > 0."""
+    number > 0 and at most ``most``."""
     seconds = parse_value(name, value, float)
     _positive(name, seconds, integer=False)
+    if seconds > most:
+        raise ConfigError(f"{name}={seconds!r} is not allowed; {name} must be a number of "
+                          f"seconds > 0 and ≤ {most:g}")
     return seconds
 
 

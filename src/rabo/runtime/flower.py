@@ -25,12 +25,10 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -56,11 +54,12 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from ..accounting import FlopCache
-from ..config import RunConfig, check_seconds
+from ..config import PHASE_TIMEOUT_MAX, RunConfig, check_seconds
 from ..errors import NoClientsError, RaboError
 from ..experiment import Experiment, build
 from ..rounds import Job, Reply
 from ..submodel import Params
+from .reaper import MARK, stop_marked, supervise
 from .simulate import LocalTransport, run
 
 POLL_SECONDS = 0.5
@@ -288,7 +287,7 @@ def main(grid: Grid, context: Context) -> None:
     """Build the experiment from the run config, learn which node hosts which client, and run
     every round with the simulator's loop (same files, checkpoints and progress lines)."""
     settings = context.run_config
-    timeout = check_seconds("timeout", settings.get("timeout", 600.0))
+    timeout = check_seconds("timeout", settings.get("timeout", 600.0), PHASE_TIMEOUT_MAX)
     exp = build(RunConfig(**json.loads(str(settings["rabo-config"]))))
     out = Path(str(settings["out-dir"])) if settings.get("out-dir") else None
     transport = FlowerTransport(grid, discover(grid, exp.config.clients, timeout), timeout)
@@ -344,73 +343,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float, log_file: 
     raise FlowerError(f"the SuperLink did not listen on 127.0.0.1:{port} within {seconds:g}s")
 
 
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """pid → (parent pid, process group, start time) of every process (Linux /proc; else {})."""
-    table: dict[int, tuple[int, int, int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                table[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[19]))
-            except (OSError, IndexError, ValueError):
-                continue
-    return table
-
-
-def descendants(pid: int, groups: Sequence[int] = ()) -> list[tuple[int, int]]:
-    """(pid, start time) of every live descendant of ``pid``, and of every member of the
-    process ``groups`` (a process whose parent died stays in its group)."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found = {p for p, (_, group, _) in table.items() if group in groups and p != pid}
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.add(child)
-        todo.extend(children.get(child, []))
-    return sorted((p, table[p][2]) for p in found)
-
-
-def alive(pid: int, start: int) -> bool:
-    """Whether process ``pid`` started at ``start`` still runs (a zombie does not)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[19]) == start
-
-
-def stop_processes(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
-    """Stop the processes we started (each leads a session and process group of its own) and
-    whatever they started, by pid: SIGTERM, then SIGKILL after ``grace`` seconds. Flower's
-    SuperExec and app processes are found as descendants or members of those groups."""
-    groups = [p.pid for p in procs]
-    tree = {d for p in procs for d in descendants(p.pid, groups)}
-    groups += [pid for pid, _ in tree]  # session leaders among them (SuperExec) lead groups too
-    for p in reversed(procs):
+def stop_processes(procs: Sequence[subprocess.Popen], work: str, grace: float = 10.0) -> None:
+    """Stop every process of the run marked with ``work`` (:func:`~rabo.runtime.reaper.
+    stop_marked`: those started here and all they started, Flower's SuperExec and app
+    processes included, wherever they were reparented), SIGKILL after ``grace`` seconds, and
+    reap those started here (without Linux's /proc, only these are found, and killed)."""
+    stop_marked(work, grace)
+    for p in procs:
         if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + grace
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
             p.kill()
-            p.wait()
-    tree.update(descendants(procs[0].pid, groups) if procs else [])  # started meanwhile
-    left = [d for d in tree if alive(*d)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, start in left:
-            if alive(pid, start):
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + grace
-        while any(alive(*d) for d in left) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        p.wait()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -469,44 +411,80 @@ def _run_outcome(env: dict[str, str], flwr: str, seconds: float = 30.0) -> tuple
     return status, details
 
 
-def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.0,
-              resume: bool = False, quiet: bool = False,
+MAX_SUPERNODES = 256
+
+
+def node_count(supernodes: int | None, clients: int, simulated: bool) -> int:
+    """The nodes of a run of ``clients`` clients: ``supernodes`` (default: 3 SuperNodes, or on
+    the simulation engine one node per client, never more than ``clients``), refused unless
+    an integer from 1 to ``clients``: node k hosts clients k, k+N, …, so one more would host
+    none. SuperNodes are processes (two each with its SuperExec), at most
+    :data:`MAX_SUPERNODES`; a simulated node is a record in the SuperLink."""
+    if supernodes is None:
+        return clients if simulated else min(3, clients)
+    most = clients if simulated else min(clients, MAX_SUPERNODES)
+    if isinstance(supernodes, bool) or not isinstance(supernodes, int) \
+            or not 1 <= supernodes <= most:
+        why = "one node per client at most" if most == clients else \
+            f"at most {MAX_SUPERNODES} SuperNode processes"
+        raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer from 1 to "
+                          f"{most} ({why}, {clients} clients)")
+    return supernodes
+
+
+def _ended(code: int) -> str:
+    """A process's exit code in words."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
+
+
+def _stop_when_ended(link: subprocess.Popen, flwr: subprocess.Popen) -> threading.Event:
+    """Watch the SuperLink while ``flwr run`` streams: if it ends first, stop ``flwr run``
+    (it would wait for the SuperLink); returns the event that ends the watch."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(POLL_SECONDS):
+            if link.poll() is not None:
+                flwr.terminate()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def run_local(exp: Experiment, out: Path, supernodes: int | None = None,
+              timeout: float = 600.0, resume: bool = False, quiet: bool = False,
               engine: SimulationEngine | None = None) -> None:
     """Run ``exp`` on Flower on this machine: a SuperLink and ``supernodes`` SuperNodes on
     127.0.0.1 (node k hosts clients k, k+N, k+2N, …), or with ``engine`` a SuperLink that
     simulates ``supernodes`` nodes (node p: partition-id p, hosting the same clients), the app
     submitted with ``flwr run``, its log streamed here; the ServerApp writes ``out`` as
-    ``rabo run`` does. A run the ServerApp failed (e.g. no client answered a phase) raises
-    :class:`FlowerError` with its reason. Every process started here is stopped on return,
-    failure, Ctrl-C or SIGTERM; where the run fails, the logs of every process stay in the
-    temporary folder the error names."""
-    if isinstance(supernodes, bool) or not isinstance(supernodes, int) or supernodes < 1:
-        raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer ≥ 1")
-    timeout = check_seconds("timeout", timeout)
+    ``rabo run`` does. A run the ServerApp failed (e.g. no client answered a phase) or whose
+    SuperLink ended raises :class:`FlowerError` with its reason, the logs of every process
+    kept in the temporary folder it names; else that folder is removed. Every process started
+    here, and all they start, is stopped on return, failure, Ctrl-C or SIGTERM, and by the
+    run's supervisor (:mod:`rabo.runtime.reaper`), with the folder, if this process is
+    killed."""
+    supernodes = node_count(supernodes, exp.config.clients, engine is not None)
+    timeout = check_seconds("timeout", timeout, PHASE_TIMEOUT_MAX)
     federation = [] if engine is None else \
         ["--federation-config", engine.federation_config(supernodes)]
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="rabo-flower-"))
     bin_dir = str(Path(sys.executable).parent)
+    try:
+        guard, work = supervise()
+    except RuntimeError as err:
+        raise FlowerError(str(err)) from None
     env = dict(os.environ, FLWR_HOME=str(work / "home"), FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
                PYTHONUNBUFFERED="1", PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
-               RAY_ADDRESS="local", RAY_TMPDIR=str(work))  # a Ray of its own, files in work
-    link_port, *node_ports = _free_ports(1 + (supernodes if engine is None else 0))
-    (work / "home").mkdir()
-    (work / "home" / "config.toml").write_text(
-        '[superlink]\ndefault = "rabo-local"\n\n[superlink.rabo-local]\n'
-        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
-    (work / "app").mkdir()
-    (work / "app" / "pyproject.toml").write_text(APP_TOML.format(
-        config=json.dumps(json.dumps(exp.config.to_dict())),
-        out=json.dumps(str(out.resolve())), timeout=float(timeout),
-        resume="true" if resume else "false"))
-    procs: list[subprocess.Popen] = []
-    keep_logs = False
-    on_term = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
-        on_term = signal.signal(signal.SIGTERM, _interrupt)
+               RAY_ADDRESS="local", RAY_TMPDIR=str(work),  # a Ray of its own, files in work
+               **{MARK: str(work)})                         # how every process is found
 
     def start(name: str, command: list[str]) -> subprocess.Popen:
         log_file = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
@@ -516,7 +494,22 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
         log_file.close()
         return procs[-1]
 
+    procs: list[subprocess.Popen] = []
+    keep_logs = False
+    on_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+        on_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        link_port, *node_ports = _free_ports(1 + (supernodes if engine is None else 0))
+        (work / "home").mkdir()
+        (work / "home" / "config.toml").write_text(
+            '[superlink]\ndefault = "rabo-local"\n\n[superlink.rabo-local]\n'
+            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+        (work / "app").mkdir()
+        (work / "app" / "pyproject.toml").write_text(APP_TOML.format(
+            config=json.dumps(json.dumps(exp.config.to_dict())),
+            out=json.dumps(str(out.resolve())), timeout=float(timeout),
+            resume="true" if resume else "false"))
         link = start("superlink", [f"{bin_dir}/flower-superlink", "--insecure",
                                    "--disable-runtime-dependency-installation",
                                    "--host", "127.0.0.1", "--port", str(link_port)]
@@ -533,13 +526,21 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
                                 env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(flwr)
-        with open(work / "flwr-run.log", "wb") as log_file:  # the run's log, shown unless quiet
-            for line in flwr.stdout or []:
-                log_file.write(line)
-                if not quiet:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.flush()
-        if flwr.wait() != 0:
+        watching = _stop_when_ended(link, flwr)
+        try:
+            with open(work / "flwr-run.log", "wb") as log_file:  # the run's log, unless quiet
+                for line in flwr.stdout or []:
+                    log_file.write(line)
+                    if not quiet:
+                        sys.stdout.buffer.write(line)
+                        sys.stdout.flush()
+        finally:
+            watching.set()
+        flwr.wait()
+        if link.poll() is not None:
+            raise FlowerError(f"the SuperLink {_ended(link.returncode)} during the run; the "
+                              f"run's last checkpoint stays in {str(out)!r}; logs in {work}")
+        if flwr.returncode != 0:
             raise FlowerError(f"'flwr run' exited with code {flwr.returncode}; logs in {work}")
         status, details = _run_outcome(env, f"{bin_dir}/flwr")
         if status != "finished:completed":
@@ -554,8 +555,7 @@ def run_local(exp: Experiment, out: Path, supernodes: int, timeout: float = 600.
         keep_logs = True
         raise
     finally:
-        stop_processes(procs)
+        stop_processes(procs, str(work))
+        guard.communicate(b"keep" if keep_logs else b"")   # it removes work unless kept
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
-        if not keep_logs:
-            shutil.rmtree(work, ignore_errors=True)
