@@ -36,7 +36,7 @@ def test_the_readme_tutorial_runs_as_written(tmp_path):
     shutil.copy(ROOT / "examples" / "residual_digits.py", tmp_path / "examples")
     for command in tutorial_commands():
         done = subprocess.run([sys.executable, "-m", "rabo", *command[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=900, check=False)
+                              capture_output=True, text=True, timeout=1800, check=False)
         assert done.returncode == 0, (command, done.stderr[-2000:])
     runs = tmp_path / "runs" / "resdigits"
     final = {m: json.loads((runs / m / "metrics.jsonl").read_text().splitlines()[-1])
