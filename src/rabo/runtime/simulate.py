@@ -21,7 +21,7 @@ from .. import checkpoint, client, rundir, stacked
 from ..accounting import FlopCache, shape_key
 from ..errors import DivergedError, StoppedError
 from ..experiment import Experiment
-from ..rounds import Job, Reply, RunState, Transport, divergence, run_round
+from ..rounds import Job, Reply, RunState, Transport, divergence, pause_for_tests, run_round
 
 
 class LocalTransport:
@@ -197,6 +197,7 @@ def _loop(exp: Experiment, state: RunState, out: Path | None, progress: bool,
         if out and metrics_file and saved < state.round:
             metrics_file.flush()
             os.fsync(metrics_file.fileno())
+            pause_for_tests("checkpoint", state.round)
             checkpoint.save(out, state.x, state.y, state.round, cfg.to_dict())
             saved = state.round
 
@@ -227,6 +228,7 @@ def _loop(exp: Experiment, state: RunState, out: Path | None, progress: bool,
                         raise DivergedError(reason + (f"; run so far kept in {out}" if out else ""))
                 with signals.deferred():
                     if out is not None:
+                        pause_for_tests("final", state.round)
                         checkpoint.write_tensors(
                             out / rundir.FINAL, {f"x.{n}": p for n, p in state.x.items()}
                             | {f"y.{n}": p for n, p in state.y.items()},
