@@ -157,3 +157,76 @@ def test_json_of_a_checkpointed_run_is_untouched_by_a_refused_resume(tmp_path, c
     assert "differs in rounds" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert json.loads((out / "config.json").read_text())["rounds"] == 2
+
+
+def _quad(out: str, *extra: str) -> list[str]:
+    return ["run", "quadratic", "--rounds", "1", "--out", out, "--quiet", *extra]
+
+
+@pytest.mark.parametrize("where,needle", [
+    (".", "it is the current directory or holds it"),
+    ("..", "it is the current directory or holds it"),
+    ("/", "it is the current directory or holds it"),
+], ids=["dot", "parent", "root"])
+def test_overwrite_of_the_current_directory_is_refused(where, needle, tmp_path, monkeypatch,
+                                                      capsys):
+    """`cd D && rabo run --out . --overwrite` deleted every file in D."""
+    (tmp_path / "d").mkdir()
+    monkeypatch.chdir(tmp_path / "d")
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    assert main(_quad(where, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_keeps_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(_quad(str(tmp_path), "--overwrite")) == 2
+    assert "holds files rabo did not write (notes.txt)" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_keeps_a_foreign_config_json(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"problem": "mine"}')
+    assert main(_quad(str(tmp_path), "--overwrite")) == 2
+    assert "not a rabo run directory" in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == '{"problem": "mine"}'
+
+
+def test_overwrite_keeps_a_user_file_inside_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_quad(str(out))) == 0
+    (out / "checkpoint" / "mine.txt").write_text("mine")
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(_quad(str(out), "--overwrite")) == 2
+    assert "(checkpoint/mine.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_overwrite_replaces_a_run_and_only_its_files(tmp_path):
+    out = tmp_path / "run"
+    assert main(_quad(str(out), "--seed", "3")) == 0
+    assert main(_quad(str(out), "--overwrite")) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in out.rglob("*")) == [
+        "checkpoint", "config.json", "final.safetensors", "metrics.jsonl", "rabo.lock",
+        "state.safetensors"]
+
+
+@pytest.mark.parametrize("target", ["file", "/dev/null"])
+def test_out_that_is_not_a_directory_is_refused(target, tmp_path, capsys):
+    path = tmp_path / "file" if target == "file" else Path(target)
+    if target == "file":
+        path.write_text("mine")
+    assert main(_quad(str(path), "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and err.count("\n") == 1, err
+    assert target != "file" or path.read_text() == "mine"
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert main(_quad(str(tmp_path / "file" / "run"))) == 2
+    err = capsys.readouterr().err
+    assert "cannot write run directory" in err and err.count("\n") == 1, err
