@@ -414,3 +414,15 @@ def test_contradictory_resume_flags_are_refused(argv, needle, stopped, tmp_path,
     assert main(["run", *argv, "--quiet"]) == 2
     _one_line_error(capsys, needle)
     assert not (tmp_path / "other").exists()
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line(tmp_path):
+    """Ctrl-C in the first second or two (torch importing) printed a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "rabo", "run", "quadratic", "--rounds", "2",
+                             "--out", str(tmp_path / "r")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.startswith("rabo: interrupted") and err.count("\n") == 1, err
