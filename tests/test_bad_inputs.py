@@ -33,9 +33,15 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "types.toml").write_text('rounds = "many"\n')
     (tmp / "missing.csv").write_text("round,client,capacity\n1,0,1.0\n")
     (tmp / "row.csv").write_text("round,client,capacity\n1,0,1.0\n1,1,lots\n")
+    (tmp / "latin1.csv").write_bytes("round,client,capacity\n1,0,é\n".encode("latin-1"))
+    (tmp / "binary.csv").write_bytes(bytes(range(256)))
+    (tmp / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp / "bool.toml").write_text("capacities = [true, 0.5]\n")
     return {k: str(tmp / v) for k, v in {
         "empty": "empty", "corrupt": "corrupt", "idx": "idx", "bad_toml": "bad.toml",
-        "types_toml": "types.toml", "missing_csv": "missing.csv", "row_csv": "row.csv"}.items()}
+        "types_toml": "types.toml", "missing_csv": "missing.csv", "row_csv": "row.csv",
+        "latin1_csv": "latin1.csv", "binary_csv": "binary.csv", "deep_toml": "deep.toml",
+        "bool_toml": "bool.toml"}.items()}
 
 
 CLI = [
@@ -107,6 +113,31 @@ CLI = [
      "no row for round 1 client 1"),
     (["--rounds", "1", "--clients", "2", "--capacity-trace", "{row_csv}"], "line 3"),
     (["--capacity-trace", "/nonexistent.csv"], "cannot read capacity trace"),
+    (["--clients", "1", "--capacity-trace", "{latin1_csv}"], "is not UTF-8 text (byte 26)"),
+    (["--clients", "1", "--capacity-trace", "{binary_csv}"], "is not UTF-8 text (byte 128)"),
+    # bounds, checked before any work (these were tracebacks: overflow, MemoryError, ...)
+    (["--threads", "99999999999"], "threads=99999999999 is not allowed; at most 4,096"),
+    (["--clients", "10000000"], "clients=10000000 is not allowed; at most 100,000"),
+    (["quadratic", "--clients", "100000", "--set", "problem.dim=100"],
+     "needs 15 GiB for the clients' matrices"),
+    (["quadratic", "--set", "problem.dim=100000000"],
+     "problem.dim=100000000 is not allowed; it must be ≥ 1 and ≤ 100000"),
+    (["quadratic", "--set", "problem.heterogeneity=-1"], "problem.heterogeneity=-1.0"),
+    (["quadratic", "--set", "problem.heterogeneity=nan"], "problem.heterogeneity=nan"),
+    (["--set", "problem.hidden=0"], "problem.hidden=0 is not allowed"),
+    (["fewshot", "--set", "problem.source=synthetic", "--set", "problem.image_size=0"],
+     "problem.image_size=0 is not allowed; it must be ≥ 16 and ≤ 256"),
+    (["fewshot", "--set", "problem.source=synthetic", "--set", "problem.final_episodes=0"],
+     "problem.final_episodes=0 is not allowed"),
+    (["fewshot", "--set", "problem.source=synthetic", "--set", "problem.eval_steps=-7"],
+     "problem.eval_steps=-7 is not allowed"),
+    (["fewshot", "--set", "problem.source=synthetic", "--set", "problem.eval_lr=-1"],
+     "problem.eval_lr=-1.0 is not allowed; it must be > 0"),
+    # nesting and sizes a file or flag can state
+    (["--set", "policy.x=" + "[" * 5000 + "]" * 5000], "policy.x: a JSON value nested too deeply"),
+    (["--config", "{deep_toml}"], "nested too deeply"),
+    (["--config", "/dev/zero"], "config file '/dev/zero' is not a regular file"),
+    (["--config", "{bool_toml}"], "capacity True is not a number"),
 ]
 
 
@@ -143,6 +174,24 @@ def test_api_bad_input(call, needle):
         call()
     message = str(info.value)
     assert needle in message and "\n" not in message
+
+
+def test_a_capacity_trace_with_a_byte_order_mark_is_read(tmp_path):
+    """A UTF-8 BOM was blamed on "line 1"."""
+    trace = tmp_path / "bom.csv"
+    trace.write_bytes("\ufeffround,client,capacity\n1,0,1.0\n1,1,0.5\n".encode())
+    out = tmp_path / "run"
+    assert main(["run", "quadratic", "--rounds", "1", "--clients", "2", "--capacity-trace",
+                 str(trace), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.jsonl").read_text())["capacities"] == [1.0, 0.5]
+
+
+def test_cost_json_into_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
+    target = tmp_path / "missing" / "cost.json"
+    assert main(["cost", "quadratic", "--methods", "rabo", "--json", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "its folder does not exist" in captured.err
+    assert captured.err.count("\n") == 1
 
 
 def test_catalogue_has_at_least_forty_cases():

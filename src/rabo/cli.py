@@ -342,10 +342,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
         get_method(m)
     if args.rounds < 1:
         raise ConfigError(f"rounds={args.rounds!r} is not allowed; rounds must be an integer ≥ 1")
+    if args.json and not args.json.resolve().parent.is_dir():   # checked before the work
+        raise ConfigError(f"--json {str(args.json)!r}: its folder does not exist")
     rows = measure(config_from_args(args), methods, args.rounds)
     print(format_table(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        except OSError as err:
+            raise DataError(f"cannot write --json {str(args.json)!r}: {err.strerror}") from None
     return 0
 
 
