@@ -3,15 +3,18 @@ what is allowed, exit code 2, no traceback, and nothing lost (no run directory c
 
 import gzip
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rabo
 import rabo.models
 from rabo.cli import main
 from rabo.config import RunConfig
-from rabo.data import load_dataset
+from rabo.data import load_dataset, readers
+from rabo.data.cifar import parse_cifar_pickle
 from rabo.errors import RaboError
 from rabo.experiment import build
 from rabo.submodel import width
@@ -192,6 +195,44 @@ def test_cost_json_into_a_missing_folder_is_refused_before_the_work(tmp_path, ca
     captured = capsys.readouterr()
     assert captured.out == "" and "its folder does not exist" in captured.err
     assert captured.err.count("\n") == 1
+
+
+def _mnist(tmp: Path, images: bytes, labels: bytes) -> str:
+    """An MNIST directory whose training and test files hold these (gzipped) bytes."""
+    for split in ("train", "t10k"):
+        for kind, data in (("images-idx3", images), ("labels-idx1", labels)):
+            with gzip.open(tmp / f"{split}-{kind}-ubyte.gz", "wb") as fh:
+                fh.write(data)
+    return str(tmp)
+
+
+def _cifar_pickle(pixels) -> bytes:
+    return pickle.dumps({b"data": pixels, b"labels": []})
+
+
+READERS = {
+    # IDX files of 0 items: a traceback further on
+    "idx-no-items": (lambda tmp: load_dataset("mnist", _mnist(
+        tmp, b"\0\0\x08\x03" + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2,
+        b"\0\0\x08\x01" + (0).to_bytes(4, "big"))), "holds no images"),
+    # a CIFAR batch of shape (0, 3072)
+    "cifar-no-items": (lambda tmp: parse_cifar_pickle(
+        _cifar_pickle(np.zeros((0, 3072), np.uint8)), "data_batch_1"), "holds no images"),
+    # a gzip bomb: refused after MAX_FILE_BYTES (lowered here), not inflated whole
+    "gzip-bomb": (lambda tmp: load_dataset("mnist", _mnist(tmp, bytes(5000), bytes(5000))),
+                  "decompresses to more than 4,096 bytes"),
+    "gzip-truncated": (lambda tmp: (_mnist(tmp, bytes(100), bytes(100)), (
+        tmp / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(100))[:-12]),
+        load_dataset("mnist", str(tmp))), "compressed file ended"),
+}
+
+
+@pytest.mark.parametrize("call,needle", READERS.values(), ids=list(READERS))
+def test_reader_bad_input(call, needle, tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_FILE_BYTES", 4096)
+    with pytest.raises(RaboError) as info:
+        call(tmp_path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
 
 
 def test_catalogue_has_at_least_forty_cases():
