@@ -426,3 +426,24 @@ def test_ctrl_c_while_the_command_imports_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.startswith("rabo: interrupted") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"seed": "0"}, "seed='0' is not of type int"),
+    ({"capacities": None}, "capacities=None is not of type list"),
+    ({"problem_options": []}, "problem_options=[] is not of type dict"),
+    ({"problem_options": {"dim": "16"}}, "problem.dim='16' is not of type int"),
+    ({"rounds": -3}, "rounds=-3 is not allowed"),
+    ({"colour": "red"}, "unknown key of config.json"),
+], ids=["seed-string", "capacities-null", "options-list", "option-string", "rounds-negative",
+        "unknown-key"])
+def test_an_edited_config_json_without_checkpoint_is_one_line(values, needle, uninterrupted,
+                                                              tmp_path, capsys):
+    """A run stopped before its first checkpoint has only config.json to go by; edits that
+    broke it were tracebacks."""
+    out = tmp_path / "run"
+    out.mkdir()
+    config = json.loads((uninterrupted / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | values))
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    _one_line_error(capsys, needle)
