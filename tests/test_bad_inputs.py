@@ -101,6 +101,7 @@ CLI = [
      "does not exist"),
     (["--set", "problem.dataset=mnist", "--data-dir", "{empty}"], "no MNIST in"),
     (["--set", "problem.dataset=mnist", "--data-dir", "{idx}"], "truncated"),
+    (["--set", "problem.dataset=mnist", "--data-dir", "{bad_toml}"], "is not a directory"),
     # config sources
     (["--config", "/nonexistent/c.toml"], "does not exist"),
     (["--config", "{bad_toml}"], "cannot read config file"),
