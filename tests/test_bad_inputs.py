@@ -236,6 +236,13 @@ def test_reader_bad_input(call, needle, tmp_path, monkeypatch):
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_refused_reproduction_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "fig6"
+    assert main(["reproduce", "fig6", "--dataset", "svhn", "--out", str(out), "--quiet"]) == 2
+    assert "unknown dataset 'svhn'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_catalogue_has_at_least_forty_cases():
     assert len(CLI) + len(API) >= 40
 

@@ -377,10 +377,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: only {' and '.join(SEEDED)} run several "
                           f"seeds; {args.experiment} takes 1")
     extra = {"seeds": args.seeds} if args.experiment in SEEDED else {}
-    files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
-                                         seed=args.seed, progress=not args.quiet,
-                                         settings=args.settings, config=args.config,
-                                         validate=args.validate, **extra)
+    existed = out.exists()
+    try:
+        files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
+                                             seed=args.seed, progress=not args.quiet,
+                                             settings=args.settings, config=args.config,
+                                             validate=args.validate, **extra)
+    except RaboError:                   # refused: leave no empty folder behind
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 
