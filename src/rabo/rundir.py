@@ -22,6 +22,7 @@ CHECKPOINT_DIR = "checkpoint"
 # every name rabo writes: the files, their temporary twins, and names older versions used
 WRITTEN = {CONFIG, METRICS, FINAL, LOCK, CHECKPOINT_DIR, "metrics.tmp"} | {
     f"{n}.tmp" for n in (CONFIG, METRICS, FINAL)}
+MARK = {"problem", "method", "rounds", "clients", "seed", "capacities", "problem_options"}
 WRITTEN_IN_CHECKPOINT = {"state.safetensors", "state.safetensors.tmp", "state.tmp"}
 
 
@@ -70,14 +71,15 @@ def locked(out: Path) -> Iterator[None]:
 
 
 def is_run_config(path: Path) -> bool:
-    """Whether ``path`` is a config.json rabo wrote: a JSON object with exactly the fields of
-    :class:`RunConfig` (what ``rabo run`` writes), the mark of a run directory."""
+    """Whether ``path`` is a config.json rabo wrote, the mark of a run directory: a JSON
+    object whose keys are fields of :class:`RunConfig`, among them those every version of
+    rabo wrote (an older run may lack a field added since)."""
     try:
         values = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
     return isinstance(values, dict) and \
-        set(values) == {f.name for f in dataclasses.fields(RunConfig)}
+        MARK <= set(values) <= {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def clear(out: Path) -> None:
