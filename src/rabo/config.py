@@ -85,7 +85,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 the config or the problem must give it)."""
 
 
-MAXIMA: dict[str, int] = {"clients": 100_000, "rounds": 10_000_000, "threads": 4096,
+MAXIMA: dict[str, int] = {"clients": 100_000, "threads": 4096,
                           "inner_steps": 100_000, "outer_steps": 100_000, "terms": 100_000}
 """The documented upper bounds of the counts (beyond them a run cannot fit or finish)."""
 
