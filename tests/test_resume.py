@@ -132,7 +132,7 @@ def test_corrupted_checkpoint_is_one_line(finished, capsys):
     path = finished / "checkpoint" / "state.safetensors"
     path.write_bytes(path.read_bytes()[:50])
     assert main(["run", "--resume", str(finished)]) == 2
-    _one_line_error(capsys, "is corrupt or not a rabo checkpoint")
+    _one_line_error(capsys, "is corrupt or not written by rabo")
 
 
 def test_checkpoint_of_another_problem_is_refused(finished, tmp_path, capsys):
@@ -331,8 +331,10 @@ def _set(meta, key, value):
 
 CORRUPTIONS = {
     "flipped-byte": (lambda out: _flip(out / checkpoint.FILE, -3), "fails its checksum"),
-    "flipped-header-byte": (lambda out: _flip(out / checkpoint.FILE, 40),
-                            "is corrupt or not a rabo checkpoint"),
+    "flipped-round-digit": (lambda out: _flip(out / checkpoint.FILE, (
+        out / checkpoint.FILE).read_bytes().index(b'"round":"') + 9), "fails its checksum"),
+    "flipped-header-brace": (lambda out: _flip(out / checkpoint.FILE, 8),
+                             "is corrupt or not written by rabo"),
     "wrong-shape": (lambda out: _reseal(out, lambda t, m: t.update({"y.y": t["y.y"][:3]})),
                     "y.y is torch.float64 [3], this problem's is torch.float64 [16]"),
     "wrong-dtype": (lambda out: _reseal(out, lambda t, m: t.update({"x.x": t["x.x"].float()})),
@@ -416,12 +418,16 @@ def test_contradictory_resume_flags_are_refused(argv, needle, stopped, tmp_path,
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 def test_ctrl_c_while_the_command_imports_is_one_line(tmp_path):
-    """Ctrl-C in the first second or two (torch importing) printed a traceback."""
+    """Ctrl-C in the first second or two (torch importing) printed a traceback. The signal
+    goes once torch's library is mapped, i.e. while torch imports."""
     proc = subprocess.Popen([sys.executable, "-m", "rabo", "run", "quadratic", "--rounds", "2",
                              "--out", str(tmp_path / "r")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while time.time() < deadline and "libtorch" not in maps.read_text():
+        time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -48,7 +48,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
     atomic_write(path, save_bytes(tensors, metadata=meta))
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+def _metadata(path: Path) -> dict[str, str]:
     """The metadata of safetensors file ``path`` from its header alone; a missing file raises
     FileNotFoundError, an unreadable one ValueError."""
     with open(path, "rb") as fh:
@@ -68,7 +68,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         data = path.read_bytes()
         tensors = load_bytes(data)
-        meta = read_metadata(path)
+        meta = _metadata(path)
     except FileNotFoundError:
         raise DataError(f"{str(path)!r} does not exist") from None
     except (SafetensorError, OSError, ValueError) as err:
@@ -127,34 +127,37 @@ def save(out: Path, x: Params, y: Params, round: int, config: dict[str, Any]) ->
     return path
 
 
-def peek(out: Path) -> dict[str, Any]:
-    """The checkpoint's round, config and RNG states from its header (tensors unread, seal
-    unchecked: :func:`load` checks it); a missing, truncated or foreign file is a one-line
-    DataError."""
+def _read(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint's tensors and its parsed metadata (round, config, RNG states), its seal
+    checked first; a missing, truncated, edited or foreign file is a one-line DataError."""
     path = out / FILE
+    if not path.is_file():
+        raise DataError(f"no checkpoint in {str(out)!r}: expected {FILE}")
+    tensors, meta = read_tensors(path)
     try:
-        meta = read_metadata(path)
         if meta.get("format") not in (FORMAT, LEGACY):
             raise ValueError(f"format {meta.get('format')!r}")
         done, config = int(meta["round"]), json.loads(meta["config"])
         if done < 0 or not isinstance(config, dict):
             raise ValueError(f"round {done}" if done < 0 else "config is no JSON object")
-        return {"round": done, "config": config, "rng": json.loads(meta["rng"])}
-    except FileNotFoundError:
-        raise DataError(f"no checkpoint in {str(out)!r}: expected {FILE}") from None
-    except (ValueError, KeyError, OSError) as err:
+        return tensors, {"round": done, "config": config, "rng": json.loads(meta["rng"])}
+    except (ValueError, KeyError) as err:
         raise DataError(f"checkpoint {str(path)!r} is corrupt or not a rabo checkpoint "
                         f"({(str(err).splitlines() or [type(err).__name__])[0][:80]})") \
             from None
+
+
+def peek(out: Path) -> dict[str, Any]:
+    """The checkpoint's round, config and RNG states, its seal checked (see :func:`_read`)."""
+    return _read(out)[1]
 
 
 def load(out: Path, like: tuple[Params, Params]) -> tuple[Params, Params, int, dict[str, Any]]:
     """(x, y, completed rounds, config) from ``out``'s checkpoint, its seal, names, shapes,
     dtypes and RNG states checked, restoring the RNG states. Tensors come back in the order of
     ``like`` (the problem's own), so every sum over them rounds as in an uninterrupted run."""
-    meta = peek(out)
+    tensors, meta = _read(out)
     path = out / FILE
-    tensors, _ = read_tensors(path)
     names = [f"x.{n}" for n in like[0]] + [f"y.{n}" for n in like[1]]
     if sorted(names) != sorted(n for n in tensors if n[:2] in ("x.", "y.")):
         raise DataError(f"checkpoint in {str(out)!r} holds other parameters than this problem's "
