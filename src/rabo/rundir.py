@@ -19,8 +19,9 @@ from .errors import ConfigError, DataError
 
 CONFIG, METRICS, FINAL, LOCK = "config.json", "metrics.jsonl", "final.safetensors", "rabo.lock"
 CHECKPOINT_DIR = "checkpoint"
-# every name rabo writes: the files, their temporary twins, and names older versions used
-WRITTEN = {CONFIG, METRICS, FINAL, LOCK, CHECKPOINT_DIR, "metrics.tmp"} | {
+# every name rabo writes: the files (episodes.csv by rabo reproduce), their temporary twins,
+# and names older versions used
+WRITTEN = {CONFIG, METRICS, FINAL, LOCK, CHECKPOINT_DIR, "episodes.csv", "metrics.tmp"} | {
     f"{n}.tmp" for n in (CONFIG, METRICS, FINAL)}
 MARK = {"problem", "method", "rounds", "clients", "seed", "capacities", "problem_options"}
 WRITTEN_IN_CHECKPOINT = {"state.safetensors", "state.safetensors.tmp", "state.tmp"}

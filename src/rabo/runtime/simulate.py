@@ -77,7 +77,7 @@ STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, n))
 
 
-class Stopped(KeyboardInterrupt):
+class Interrupted(KeyboardInterrupt):
     """A run stopped by a signal (SIGINT, SIGTERM or SIGHUP); ``signum`` says which."""
 
     def __init__(self, signum: int):
@@ -87,7 +87,7 @@ class Stopped(KeyboardInterrupt):
 
 class _Signals:
     """SIGINT, SIGTERM and SIGHUP stop the run. Outside :meth:`deferred` they raise
-    :class:`Stopped` at once; inside it (a round's metrics line and checkpoint being written)
+    :class:`Interrupted` at once; inside it (a round's metrics line and checkpoint being written)
     they are only recorded, and :meth:`check` raises them after, so no signal, a second one
     included, leaves those files half written. Once one has raised, later ones are only
     recorded (the run is already stopping and saving). A signal is recorded also when Python
@@ -112,7 +112,7 @@ class _Signals:
         self.pending.append(signum)
         if not (self.deferring or self.stopping):
             self.stopping = True
-            raise Stopped(signum)
+            raise Interrupted(signum)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -125,7 +125,7 @@ class _Signals:
     def check(self) -> None:
         if self.pending:
             self.stopping = True
-            raise Stopped(self.pending[0])
+            raise Interrupted(self.pending[0])
 
 
 def json_safe(value: Any) -> Any:
@@ -147,7 +147,7 @@ def run(exp: Experiment, out: str | Path | None = None, progress: bool = True,
     Progress is a bar on a terminal, a plain line per evaluation round otherwise.
     ``resume`` continues from ``out``'s checkpoint (none: from the start), first repairing what
     a stopped run may have left (:func:`rabo.rundir.logged_rounds`); a finished run without
-    its final.safetensors only writes it. SIGINT, SIGTERM and SIGHUP raise :class:`Stopped`
+    its final.safetensors only writes it. SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`
     after checkpointing the last logged round, and so does a diverged round (every update
     non-finite), which then stops the run with a :class:`DivergedError`, and a transport that
     raises a :class:`StoppedError` (on Flower: no client answered a whole phase):
