@@ -33,3 +33,7 @@ def __getattr__(name: str) -> object:
         module, attribute = _LAZY[name]
         return getattr(import_module(f".{module}", __name__), attribute)
     raise AttributeError(f"module 'rabo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
