@@ -399,4 +399,3 @@ def test_full_data_defaults_to_the_background_evaluation_split(tmp_path):
     split = split_alphabets(data)
     assert (split.train_alphabets, split.test_alphabets) == (("Alpha",), ("Beta",))
     assert (len(split.train_classes), len(split.test_classes)) == (3 * 4, 2 * 4)
-
