@@ -120,7 +120,8 @@ def test_cg_is_exact_in_dim_y_iterations():
 def test_first_order_is_grad_x_f():
     q = Quadratic()
     h = hypergradient(q, q.x, q.y, None, "first-order")
-    assert torch.equal(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER))
+    # autograd and the matrix product sum in different orders (6.9e-18 apart on a Xeon)
+    assert rel_err(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER)) <= 1e-12
 
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +325,39 @@ def test_corrupt_zip_is_a_data_error(tmp_path):
     (tmp_path / "d" / "images_background.zip").write_bytes(np.random.default_rng(0).bytes(4096))
     one_line_data_error(lambda: load_omniglot(tmp_path / "d", tmp_path / "c"),
                         "cannot read Omniglot zip", "images_background.zip")
+
+
+def _claiming(data: bytes, width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width``×``height`` pixels (its IHDR rewritten, CRC fixed)."""
+    ihdr = bytearray(data[12:29])                       # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return data[:12] + bytes(ihdr) + zlib.crc32(ihdr).to_bytes(4, "big") + data[33:]
+
+
+def test_a_decompression_bomb_png_is_a_data_error(tmp_path):
+    """A 20000×20000 PNG raised Pillow's DecompressionBombError, uncaught."""
+    members = fake_members(characters=1)
+    members["Fake/character01/0900_01.png"] = _claiming(png(0), 20000, 20000)
+    write_zip(tmp_path / "d" / "images_evaluation.zip", members)
+    one_line_data_error(lambda: load_omniglot(tmp_path / "d", tmp_path / "c", quiet=True),
+                        "cannot read Omniglot drawing 'Fake/character01/0900_01.png'")
+
+
+@pytest.mark.parametrize("damage", ["flipped-bytes", "wrong-shapes"])
+def test_a_corrupted_cache_file_is_rebuilt(damage, tmp_path):
+    write_zip(tmp_path / "d" / "images_evaluation.zip", fake_members(characters=2))
+    first = load_omniglot(tmp_path / "d", tmp_path / "c", quiet=True)
+    (cache,) = (tmp_path / "c").glob("*.npz")
+    if damage == "flipped-bytes":
+        data = bytearray(cache.read_bytes())
+        for at in range(60, len(data) - 200, 97):
+            data[at] ^= 0xFF
+        cache.write_bytes(bytes(data))
+    else:
+        np.savez(cache, images=np.zeros((3, 5), np.uint8), characters=np.array(["x"]),
+                 files=np.array([["y"]]))
+    again = load_omniglot(tmp_path / "d", tmp_path / "c", quiet=True)
+    assert np.array_equal(again.images, first.images) and again.characters == first.characters
 
 
 def test_character_folder_without_pngs_is_a_data_error(tmp_path):

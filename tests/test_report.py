@@ -113,6 +113,7 @@ def test_missing_run_directory_is_one_line_exit_2(tmp_path, capsys):
     ("config.json", "config.json"),
     ("metrics-line", "line 2"),
     ("metrics-empty", "holds no rounds"),
+    ("metrics-string", "outer_loss='low' is not a number"),   # was a traceback
 ])
 def test_corrupt_run_directory_is_one_line_exit_2(runs, tmp_path, capsys, broken, expected):
     d = tmp_path / "run"
@@ -124,6 +125,10 @@ def test_corrupt_run_directory_is_one_line_exit_2(runs, tmp_path, capsys, broken
     elif broken == "metrics-line":
         lines = (d / "metrics.jsonl").read_text().splitlines()
         (d / "metrics.jsonl").write_text("\n".join([lines[0], lines[1][:20], *lines[2:]]))
+    elif broken == "metrics-string":
+        lines = (d / "metrics.jsonl").read_text().splitlines()
+        row = json.loads(lines[1]) | {"outer_loss": "low"}
+        (d / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]))
     else:
         (d / "metrics.jsonl").write_text("")
     assert main(["report", str(d)]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,9 @@ def check_capacities(values: Sequence[float]) -> list[float]:
         raise ConfigError("capacities is empty; give at least one width ratio in (0, 1]")
     out = []
     for v in values:
-        try:
-            r = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"capacity {v!r} is not a number; allowed: (0, 1]") from None
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):   # TOML true is not 1.0
+            raise ConfigError(f"capacity {v!r} is not a number; allowed: (0, 1]")
+        r = float(v)
         if not (math.isfinite(r) and 0.0 < r <= 1.0):
             raise ConfigError(f"capacity {v!r} is outside (0, 1]")
         out.append(r)
@@ -30,11 +30,15 @@ def check_capacities(values: Sequence[float]) -> list[float]:
 
 def read_trace(path: str | Path, clients: int, rounds: int) -> dict[int, list[float]]:
     """Read a CSV trace ``round,client,capacity`` (rounds 1..T, clients 0..M−1, a header line
-    allowed): every (round, client) pair must appear exactly once."""
+    allowed; UTF-8, a byte-order mark ignored): every (round, client) pair must appear exactly
+    once."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as err:
         raise ConfigError(f"cannot read capacity trace {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"capacity trace {str(path)!r} is not UTF-8 text (byte {err.start}); "
+                          f"expected CSV lines 'round,client,capacity'") from None
     table: dict[int, dict[int, float]] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         cells = [c.strip() for c in line.split(",")]
@@ -43,7 +47,7 @@ def read_trace(path: str | Path, clients: int, rounds: int) -> dict[int, list[fl
         try:
             if len(cells) != 3:
                 raise ValueError
-            t, i, r = int(cells[0]), int(cells[1]), check_capacities([cells[2]])[0]
+            t, i, r = int(cells[0]), int(cells[1]), check_capacities([float(cells[2])])[0]
         except (ValueError, ConfigError):
             raise ConfigError(f"capacity trace {str(path)!r} line {lineno}: {line.strip()!r} is "
                               f"not 'round,client,capacity' with capacity in (0, 1]") from None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import shutil
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from . import checkpoint
+from . import checkpoint, rundir
 from .config import (
+    FIELD_TYPES,
     PHASE_TIMEOUT_MAX,
     ConfigFile,
     RunConfig,
@@ -21,7 +24,7 @@ from .config import (
     parse_value,
     read_config,
 )
-from .errors import ConfigError, DataError, RaboError
+from .errors import ConfigError, DataError, RaboError, UnknownNameError
 from .experiment import Experiment, build
 from .methods import METHODS, get_method
 from .problems import PROBLEMS, get_problem
@@ -204,52 +207,108 @@ def _given(args: argparse.Namespace) -> bool:
     return bool(args.set) or any(getattr(args, n, None) is not None for n in names)
 
 
+def config_from_json(values: Any, source: str) -> RunConfig:
+    """The RunConfig of a run's config.json, every value of its field's type (null only where
+    the field allows it): a hand-edited file is a one-line ConfigError naming the key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source} holds no JSON object")
+    nullable = {f.name for f in dataclasses.fields(RunConfig) if f.default is None}
+    config = RunConfig()
+    for key, value in values.items():
+        if key in ("problem_options", "policy_options"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key}={value!r} is not of type dict")
+            setattr(config, key, dict(value))
+        elif key not in FIELD_TYPES:
+            raise UnknownNameError(f"key of {source}:", key, FIELD_TYPES)
+        elif not (value is None and key in nullable):
+            setattr(config, key, _json_value(f"{source}: {key}", value, FIELD_TYPES[key]))
+    for key, default in get_problem(config.problem).options.items():
+        if config.problem_options.get(key) is not None and default is not None:
+            _json_value(f"{source}: problem.{key}", config.problem_options[key], type(default))
+    return config
+
+
+def _json_value(key: str, value: Any, kind: type) -> Any:
+    """``value`` from JSON as ``kind``: a string only where a string belongs."""
+    if value is None or (isinstance(value, str) and kind is not str):
+        raise ConfigError(f"{key}={value!r} is not of type {kind.__name__}")
+    return parse_value(key, value, kind)
+
+
 def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
     """The experiment of run directory ``--resume DIR``, refusing a changed config (the
-    differing keys named), a finished run, or a checkpoint of another run."""
+    differing keys named), a config.json edited since its checkpoint, a finished run (one
+    with its final.safetensors), or a checkpoint of another run."""
+    if not args.resume:
+        raise ConfigError("--resume '' names no run directory; give the directory of the run "
+                          "to continue")
     out = Path(args.resume)
+    if args.out is not None and args.out.resolve() != out.resolve():
+        raise ConfigError(f"--out {str(args.out)!r} with --resume {str(out)!r}: a resumed run "
+                          f"continues in its own directory; leave out --out")
+    if args.overwrite:
+        raise ConfigError("--overwrite with --resume: resuming keeps the run; leave out one")
     try:
-        saved = json.loads((out / "config.json").read_text())
-        config = RunConfig(**saved)
-    except FileNotFoundError:
+        saved = json.loads((out / rundir.CONFIG).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"cannot resume {str(out)!r}: no config.json (not a run directory)") \
             from None
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise DataError(f"cannot resume {str(out)!r}: config.json is corrupt "
                         f"({str(err).splitlines()[0][:80]})") from None
-    exp = build(config)
+    meta = checkpoint.peek(out) if (out / checkpoint.FILE).exists() else None
+    if meta is not None and meta["config"] != saved:
+        theirs = meta["config"]
+        if not isinstance(saved, dict) or any(theirs.get(k) != saved.get(k)
+                                              for k in ("problem", "method")):
+            raise DataError(f"checkpoint in {str(out)!r} belongs to another run (problem "
+                            f"{theirs.get('problem')!r}, method {theirs.get('method')!r}); it "
+                            f"does not match config.json")
+        edited = sorted(k for k in set(saved) | set(theirs) if saved.get(k) != theirs.get(k))
+        raise DataError(f"config.json of {str(out)!r} was edited after its checkpoint was "
+                        f"written (differs in {', '.join(edited)}); restore it or start again "
+                        f"with --overwrite")
+    exp = build(config_from_json(saved, f"config.json of {str(out)!r}"))
     if _given(args):
         wanted = build(config_from_args(args)).config.to_dict()
         differ = differing_keys(saved, wanted)
         if differ:
             raise ConfigError(f"resume of {str(out)!r} refused: the config differs in "
                               f"{', '.join(differ)}; resume without changing it")
-    meta = checkpoint.peek(out)
-    if meta["config"] != saved:
-        raise DataError(f"checkpoint in {str(out)!r} belongs to another run (problem "
-                        f"{meta['config'].get('problem')!r}, method "
-                        f"{meta['config'].get('method')!r}); it does not match config.json")
-    if meta["round"] >= exp.config.rounds:
+    if meta is not None and meta["round"] >= exp.config.rounds and _finished(out):
         raise ConfigError(f"run {str(out)!r} is already finished (round {meta['round']} of "
                           f"{exp.config.rounds}); nothing to resume")
     return exp, out
 
 
+def _finished(out: Path) -> bool:
+    """Whether ``out`` holds a sound final.safetensors (else resuming writes it again)."""
+    try:
+        checkpoint.read_tensors(out / rundir.FINAL)
+    except DataError:
+        return False
+    return True
+
+
 def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
     """The experiment and run directory of ``rabo run`` / ``rabo flower local``: the run of
     ``--resume DIR``, or a new one from the command line whose directory (``--out``, default
-    runs/NAME-METHOD-seedS, NAME the problem class's ``name``) must be empty or absent unless
-    ``--overwrite`` (then emptied)."""
-    if args.resume:
+    runs/NAME-METHOD-seedS, NAME the problem class's ``name``) must be empty or absent,
+    unless ``--overwrite`` and it is a run directory (then rabo's files in it are removed,
+    :func:`rabo.rundir.clear`)."""
+    if args.resume is not None:
         return resumed_experiment(args)
     exp = build(config_from_args(args))
     cfg = exp.config
     out = args.out or Path("runs") / f"{exp.problem.name}-{cfg.method}-seed{cfg.seed}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is not a directory; give a directory for the run")
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise ConfigError(f"run directory {str(out)!r} already exists; pass --overwrite "
                               f"to replace it or choose another --out")
-        shutil.rmtree(out)
+        rundir.clear(out)
     return exp, out
 
 
@@ -259,12 +318,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp, out = _prepare_run(args)
     cfg = exp.config
     try:
-        state = run(exp, out, progress=not args.no_progress, resume=bool(args.resume))
-    except KeyboardInterrupt:
+        state = run(exp, out, progress=not args.no_progress, resume=args.resume is not None)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
         done = checkpoint.peek(out)["round"] if (out / checkpoint.FILE).exists() else 0
-        print(f"rabo: interrupted after round {done} of {cfg.rounds}; continue with "
-              f"'rabo run --resume {out}'", file=sys.stderr)
-        return 130
+        print(f"rabo: interrupted after round {done} of {cfg.rounds} by "
+              f"{signal.Signals(signum).name}; continue with 'rabo run --resume {out}'",
+              file=sys.stderr)
+        return 128 + signum
     last = state.history[-1]
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
              if last.get(k) is not None}
@@ -282,10 +343,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
         get_method(m)
     if args.rounds < 1:
         raise ConfigError(f"rounds={args.rounds!r} is not allowed; rounds must be an integer ≥ 1")
+    if args.json and not args.json.resolve().parent.is_dir():   # checked before the work
+        raise ConfigError(f"--json {str(args.json)!r}: its folder does not exist")
     rows = measure(config_from_args(args), methods, args.rounds)
     print(format_table(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        except OSError as err:
+            raise DataError(f"cannot write --json {str(args.json)!r}: {err.strerror}") from None
     return 0
 
 
@@ -312,10 +378,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: only {' and '.join(SEEDED)} run several "
                           f"seeds; {args.experiment} takes 1")
     extra = {"seeds": args.seeds} if args.experiment in SEEDED else {}
-    files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
-                                         seed=args.seed, progress=not args.quiet,
-                                         settings=args.settings, config=args.config,
-                                         validate=args.validate, **extra)
+    existed = out.exists()
+    try:
+        files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
+                                             seed=args.seed, progress=not args.quiet,
+                                             settings=args.settings, config=args.config,
+                                             validate=args.validate, **extra)
+    except RaboError:                   # refused: leave no empty folder behind
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 
@@ -379,7 +451,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     exp, out = _prepare_run(args)
     cfg = exp.config
     supernodes = node_count(args.supernodes, cfg.clients, simulated)
-    run_local(exp, out, supernodes, args.timeout, resume=bool(args.resume),
+    run_local(exp, out, supernodes, args.timeout, resume=args.resume is not None,
               quiet=args.no_progress, engine=engine)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")

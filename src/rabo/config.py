@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -83,6 +85,11 @@ RUN_DEFAULTS: dict[str, Any] = {
 the config or the problem must give it)."""
 
 
+MAXIMA: dict[str, int] = {"clients": 100_000, "threads": 4096,
+                          "inner_steps": 100_000, "outer_steps": 100_000, "terms": 100_000}
+"""The documented upper bounds of the counts (beyond them a run cannot fit or finish)."""
+
+
 def check_device(device: str) -> None:
     """``cpu`` or an available ``cuda``/``cuda:N``, else a one-line error naming both."""
     try:
@@ -143,19 +150,33 @@ def parse_json(key: str, value: Any) -> Any:
         return value
     try:
         return json.loads(value)
+    except RecursionError:
+        raise ConfigError(f"{key}: a JSON value nested too deeply") from None
     except json.JSONDecodeError:
         raise ConfigError(f"{key}={value!r} is not a JSON value (e.g. true, 3, [[0, 0.5]])") \
             from None
 
 
+MAX_CONFIG_BYTES = 1_000_000
+
+
 def load_toml(path: str | Path | Traversable) -> dict[str, Any]:
-    """Read a TOML config file (a path, or a file inside the installed package); a missing or
-    malformed file is a one-line ConfigError."""
+    """Read a TOML config file (a path, or a file inside the installed package; a file of at
+    most 1 MB); a missing, malformed, oversized, not regular or too deeply nested file is a
+    one-line ConfigError."""
     try:
         with (Path(path) if isinstance(path, str) else path).open("rb") as fh:
-            return tomllib.load(fh)
+            if isinstance(path, (str, Path)) and not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"config file {str(path)!r} is not a regular file")
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {str(path)!r} is larger than "
+                              f"{MAX_CONFIG_BYTES:,} bytes; a config is a few lines")
+        return tomllib.loads(data.decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read config file {str(path)!r}: nested too deeply") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"cannot read config file {str(path)!r}: {msg}") from None
@@ -303,6 +324,9 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any],
                               f"defaults of {source}")
     for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
         _positive(key, getattr(out, key), integer=True)
+    for key, most in MAXIMA.items():
+        if getattr(out, key) is not None and getattr(out, key) > most:
+            raise ConfigError(f"{key}={getattr(out, key)!r} is not allowed; at most {most:,}")
     for key in ("inner_lr", "outer_lr", "step", "mu"):
         _positive(key, getattr(out, key), integer=False)
     if out.checkpoint_every is None:

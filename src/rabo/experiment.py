@@ -15,7 +15,7 @@ from .config import RunConfig, resolve
 from .errors import ConfigError, lookup
 from .hypergrad import ESTIMATORS
 from .masks import MaskPolicy, make_policy
-from .problem import BilevelProblem
+from .problem import BilevelProblem, check_ranges
 from .problems import get_problem, reference
 from .submodel import ChannelPlan, Params
 
@@ -44,6 +44,7 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
         if unknown:
             raise ConfigError(f"unknown option {min(unknown)!r} of problem {config.problem!r}; "
                               f"allowed: {', '.join(sorted(problem_cls.options)) or 'none'}")
+        check_ranges(problem_cls.ranges, config.problem_options)
     name = reference(config.problem) if problem is None else problem.name
     cfg = resolve(dataclasses.replace(config, problem=name), problem_cls.defaults,
                   f"problem class {problem_cls.__name__!r}")

@@ -8,14 +8,45 @@ so the same code runs on a client's submodel and on the full model.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .submodel import ChannelPlan, Params, SubmodelIndex
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The documented range of a numeric problem option: ``low ≤ v ≤ high`` (``low < v``
+    where ``above``), NaN never."""
+
+    low: float
+    high: float = math.inf
+    above: bool = False
+
+    def check(self, key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"problem.{key}={value!r} is not a number")
+        ok = (self.low < value if self.above else self.low <= value) and value <= self.high
+        if not ok:
+            allowed = f"{'>' if self.above else '≥'} {self.low:g}"
+            if math.isfinite(self.high):
+                allowed += f" and ≤ {self.high:g}"
+            raise ConfigError(f"problem.{key}={value!r} is not allowed; it must be {allowed}")
+
+
+def check_ranges(ranges: Mapping[str, Bound], options: Mapping[str, Any]) -> None:
+    """Check the numeric ``options`` a config gives against the problem's ``ranges``, before
+    any data is read or memory allocated."""
+    for key, value in options.items():
+        if key in ranges:
+            ranges[key].check(key, value)
 
 Batch = Any
 
@@ -74,6 +105,7 @@ class BilevelProblem:
     batch_by_default: bool = True
     defaults: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Any]] = {}
+    ranges: ClassVar[dict[str, Bound]] = {}
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
         """Initial full-size (x⁰, y⁰)."""

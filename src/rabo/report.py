@@ -46,6 +46,12 @@ COLUMNS = ["run", "problem", "method", "rounds", "final_accuracy", "best_accurac
            "wall_seconds"]
 
 
+# the metrics a report computes with: each a number or null in every row
+NUMBERS = {"round", "inner_loss", "outer_loss", "accuracy", "hypergrad_norm", "cover_x",
+           "cover_y", "uncovered_x", "uncovered_y", "flops", "flops_inner", "flops_outer",
+           "bytes_down", "bytes_up", "seconds"}
+
+
 @dataclass
 class Run:
     """One run directory: its config.json, its metrics.jsonl rows and its legend label."""
@@ -82,6 +88,13 @@ def load_run(path: Path) -> Run:
             for n, line in enumerate(texts["metrics.jsonl"].splitlines(), 1) if line.strip()]
     if not rows:
         raise DataError(f"{str(path / 'metrics.jsonl')!r} holds no rounds")
+    for n, row in enumerate(rows, 1):
+        for key in NUMBERS & row.keys():
+            value = row[key]
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise DataError(f"line {n} of {str(path / 'metrics.jsonl')!r}: {key}={value!r} "
+                                f"is not a number")
     return Run(path, config, rows)
 
 

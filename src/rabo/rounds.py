@@ -9,6 +9,8 @@ does not answer (None) counts as failed; an update with NaN or Inf is rejected.
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,6 +107,16 @@ def divergence(metrics: dict[str, Any]) -> str | None:
             f"where it grew)")
 
 
+def pause_for_tests(point: str, round: int) -> None:
+    """Test hook, off unless the environment sets ``RABO_TEST_PAUSE=POINT:ROUND``: at that
+    point of that round ("evaluate": before a round's evaluation, "checkpoint": inside the
+    deferred write of a checkpoint, "final": inside the final save) say so on stderr and sleep
+    2 s, so a test can send a signal into exactly that window."""
+    if os.environ.get("RABO_TEST_PAUSE") == f"{point}:{round}":
+        print(f"rabo-test-pause {point} {round}", file=sys.stderr, flush=True)
+        time.sleep(2.0)
+
+
 def run_round(exp: Experiment, state: RunState, transport: Transport,
               clients: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
     """One round; updates ``state`` and returns its metrics. ``clients`` = (participants,
@@ -148,6 +160,7 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
     }
     metrics.update(problem.round_metrics(x, y))
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+        pause_for_tests("evaluate", t + 1)
         metrics.update(evaluate(problem, x, y, final=t + 1 == cfg.rounds))
     metrics["seconds"] = time.perf_counter() - start
     return metrics

@@ -63,6 +63,8 @@ def parse_cifar_pickle(data: bytes, source: str | PathLike) -> tuple[np.ndarray,
         raise DataError(
             f"b'data' in '{source}' is {found}; expected a uint8 array (n, {CIFAR_PIXELS})"
         )
+    if len(pixels) == 0:
+        raise DataError(f"b'data' in '{source}' holds no images; expected (n ≥ 1, {CIFAR_PIXELS})")
     if not (
         isinstance(labels, list)
         and len(labels) == len(pixels)

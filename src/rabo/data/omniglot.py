@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 def _build_source(path: Path, quiet: bool) -> dict[str, np.ndarray]:
     """Read every drawing of one source: the arrays its cache file holds."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     layout, read, close = _list_source(path)
@@ -202,7 +203,7 @@ def _build_source(path: Path, quiet: bool) -> dict[str, np.ndarray]:
                 try:
                     images[i] = _decode(read(rel))
                 except (UnidentifiedImageError, OSError, zipfile.BadZipFile, EOFError,
-                        ValueError) as e:
+                        ValueError, Image.DecompressionBombError) as e:
                     raise DataError(f"cannot read Omniglot drawing '{rel}' in '{path}' "
                                     f"({type(e).__name__}); expected a PNG image") from None
                 files.append(name)
@@ -216,6 +217,15 @@ def _build_source(path: Path, quiet: bool) -> dict[str, np.ndarray]:
             "files": np.array(files).reshape(len(layout), DRAWINGS)}
 
 
+def _sound_cache(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether a cache file's arrays have the shapes and types :func:`_build_source` gives."""
+    images, characters, files = arrays["images"], arrays["characters"], arrays["files"]
+    return (images.dtype == np.uint8 and images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)
+            and characters.ndim == 1 and characters.dtype.kind == "U"
+            and files.shape == (len(characters), DRAWINGS) and files.dtype.kind == "U"
+            and len(images) == files.size)
+
+
 def _load_source(path: Path, cache_dir: Path, quiet: bool) -> dict[str, np.ndarray]:
     """One source's arrays from its cache file, building (and writing) it if absent or stale."""
     source = path.name.removesuffix(".zip")
@@ -223,9 +233,11 @@ def _load_source(path: Path, cache_dir: Path, quiet: bool) -> dict[str, np.ndarr
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as npz:
-                return {k: npz[k] for k in ("images", "characters", "files")}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-            pass  # an unreadable cache is rebuilt
+                arrays = {k: npz[k] for k in ("images", "characters", "files")}
+            if _sound_cache(arrays):
+                return arrays
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error):
+            pass  # an unreadable or malformed cache is rebuilt
     arrays = _build_source(path, quiet)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ set's files and another's subfolder is never read as the wrong one.
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -136,10 +135,26 @@ def find_files(
     raise DataError(f"no {title} in '{data_dir}': expected {expected}")
 
 
+MAX_FILE_BYTES = 1 << 30
+"""The most a data file may hold once decompressed (MNIST's largest is 47 MB): a gzip bomb is
+refused after that much, not decompressed whole."""
+
+
 def read_bytes(path: Path) -> bytes:
-    """A file's contents, decompressed when its name ends in ``.gz``."""
+    """A file's contents, decompressed when its name ends in ``.gz``, at most
+    :data:`MAX_FILE_BYTES`."""
     try:
-        return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix != ".gz":
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise DataError(f"'{path}' is larger than {MAX_FILE_BYTES:,} bytes")
+            return path.read_bytes()
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)        # gzip framing
+        data = inflate.decompress(path.read_bytes(), MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise DataError(f"'{path}' decompresses to more than {MAX_FILE_BYTES:,} bytes")
+        if not inflate.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        return data
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read '{path}': {e}") from e
 
@@ -160,6 +175,8 @@ def _load_idx(title: str, data_dir: str | PathLike, folders: Sequence[str]) -> S
 def _idx_split(images_path: Path, labels_path: Path) -> ArrayData:
     images = parse_idx(read_bytes(images_path), IDX_IMAGES, images_path)
     labels = parse_idx(read_bytes(labels_path), IDX_LABELS, labels_path)
+    if len(images) == 0:
+        raise DataError(f"'{images_path}' holds no images; expected the data set's")
     if images.shape[1:] != (28, 28):
         raise DataError(
             f"'{images_path}' holds {images.shape[1]}x{images.shape[2]} images; expected 28x28"

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
 from ..models import MODELS, fresh_params, head_plan, merge_plans, rms_scaled
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, Bound
 from ..submodel import ChannelPlan, Params
 
 BACKBONES = ("conv4", "resnet12")
@@ -83,6 +83,12 @@ class FewShot(BilevelProblem):
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.1,
         "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4, "validate": False,
         "feature_rms": 1.5}
+    ranges: ClassVar[dict[str, Bound]] = {
+        "ways": Bound(1, 1000), "tasks": Bound(1, 10_000),
+        "lam": Bound(0, 1e6), "image_size": Bound(16, 256), "eval_episodes": Bound(1, 10**6),
+        "final_episodes": Bound(1, 10**6), "eval_steps": Bound(0, 10**6),
+        "eval_lr": Bound(0, 1e3, above=True), "maml_steps": Bound(1, 1000),
+        "maml_lr": Bound(0, 1e3, above=True), "feature_rms": Bound(0, 1e6)}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:

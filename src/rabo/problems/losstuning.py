@@ -23,7 +23,7 @@ from torch.func import functional_call
 from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
 from ..errors import ConfigError, UnknownNameError, lookup
 from ..models import MODELS, build, fresh_params
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, Bound
 from ..submodel import ChannelPlan, Params
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -65,6 +65,10 @@ class LossTuning(BilevelProblem):
     options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "auto", "hidden": 128, "rho": 0.0,
                "batch_size": 32, "weight_decay": 3e-3, "partition": "iid", "alpha": 0.5,
                "test_per_class": 50, "prune": "y"}
+    ranges: ClassVar[dict[str, Bound]] = {
+        "hidden": Bound(1, 100_000), "rho": Bound(0, 1e6), "batch_size": Bound(1, 1_000_000),
+        "weight_decay": Bound(0, 1e3), "alpha": Bound(0, 1e6, above=True),
+        "test_per_class": Bound(1, 1_000_000)}
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:

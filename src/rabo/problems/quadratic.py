@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, Bound
 from ..submodel import Params, SubmodelIndex, vector_plan
 
 
@@ -33,6 +33,10 @@ class Quadratic(BilevelProblem):
                 "eval_every": 50}
     options: ClassVar[dict[str, Any]] = {"dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0,
                "dtype": "float64"}
+    ranges: ClassVar[dict[str, Bound]] = {"dim": Bound(1, 100_000), "lam": Bound(0, 1e6),
+                                          "heterogeneity": Bound(0, 1e6)}
+    MEMORY = 8 * 2**30
+    """Bytes the clients' matrices A_i, B_i may take; more is refused before allocating."""
 
     def __init__(self, clients: int, seed: int = 0, data_dir: str | None = None,
                  **options: Any) -> None:
@@ -43,6 +47,12 @@ class Quadratic(BilevelProblem):
             raise ConfigError(f"dtype {opts['dtype']!r} is not one of: float32, float64")
         if int(opts["dim"]) < 1:
             raise ConfigError(f"dim={opts['dim']!r} is not allowed; dim must be ≥ 1")
+        need = 2 * clients * int(opts["dim"]) ** 2 * (8 if opts["dtype"] == "float64" else 4)
+        if need > self.MEMORY:
+            raise ConfigError(f"dim={opts['dim']!r} with {clients} clients needs "
+                              f"{need / 2**30:.0f} GiB for the clients' matrices; at most "
+                              f"{self.MEMORY / 2**30:.0f} GiB is allowed (clients × dim² ≤ "
+                              f"{self.MEMORY // 16:,} in float64)")
         self.opts = opts
         self.num_clients = clients
         self.dtype = getattr(torch, opts["dtype"])
