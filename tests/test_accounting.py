@@ -1,4 +1,4 @@
-"""FLOP and byte counts against arithmetic (SPEC §6)."""
+"""FLOP and byte counts against arithmetic (docs/algorithm.md §6)."""
 
 import torch
 

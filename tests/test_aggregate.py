@@ -1,4 +1,5 @@
-"""Parameter-wise aggregation against a hand-computed case (eqs 6, 8; SPEC §2 step 8)."""
+"""Parameter-wise aggregation against a hand-computed case (eqs 6, 8; docs/algorithm.md §2 step
+8)."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Measured cost savings of dual pruning (SPEC §6) and the cover numbers each policy gives."""
+"""Measured cost savings of dual pruning (docs/algorithm.md §6) and the cover numbers each
+policy gives."""
 
 import pytest
 
@@ -24,8 +25,9 @@ def test_rabo_costs_at_most_thirty_percent_of_fedmbo(fewshot_costs):
 
 def test_rafbo_costs_no_more_than_rabo(fewshot_costs):
     # Both estimators run the backbone once forward and once backward (features are computed
-    # once, SPEC §3); they differ only on the 5-way head, where RAFBO's forward differences
-    # (one head gradient per HVP, g(x, y) evaluated once for both bases) match the exact HVPs.
+    # once, docs/algorithm.md §3); they differ only on the 5-way head, where RAFBO's forward
+    # differences (one head gradient per HVP, g(x, y) evaluated once for both bases) match the
+    # exact HVPs.
     rabo, rafbo = fewshot_costs["rabo"], fewshot_costs["rafbo"]
     assert rafbo["flops"] <= rabo["flops"]
     assert rafbo["flops_inner"] == rabo["flops_inner"]

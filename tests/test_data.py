@@ -1,4 +1,5 @@
-"""Long-tailed federated classification data (SPEC §7 `losstuning`) on scikit-learn's digits."""
+"""Long-tailed federated classification data (docs/algorithm.md §7 `losstuning`) on
+scikit-learn's digits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End-to-end behaviour of the engine on the quadratic (closed-form ∇F, SPEC §7)."""
+"""End-to-end behaviour of the engine on the quadratic (closed-form ∇F, docs/algorithm.md §7)."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Partial participation, client failures and rejected updates (SPEC §2 with faults)."""
+"""Partial participation, client failures and rejected updates (docs/algorithm.md §2 with
+faults)."""
 
 import math
 

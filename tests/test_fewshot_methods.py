@@ -1,4 +1,5 @@
-"""ProtoNet and first-order MAML as few-shot problem heads (SPEC §5 `protonet`, `maml`)."""
+"""ProtoNet and first-order MAML as few-shot problem heads (docs/algorithm.md §5 `protonet`,
+`maml`)."""
 
 import math
 

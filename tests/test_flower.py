@@ -1,6 +1,6 @@
-"""rabo on Flower gives the simulator's numbers (SPEC §8: same config and seed, identical
-metrics and parameters): the app's messages through an in-process loopback grid, node faults,
-and a real SuperLink with three SuperNodes on 127.0.0.1 (`rabo flower local`, slow)."""
+"""rabo on Flower gives the simulator's numbers (docs/algorithm.md §8: same config and seed,
+identical metrics and parameters): the app's messages through an in-process loopback grid, node
+faults, and a real SuperLink with three SuperNodes on 127.0.0.1 (`rabo flower local`, slow)."""
 
 from __future__ import annotations
 

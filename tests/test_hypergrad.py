@@ -1,4 +1,5 @@
-"""Hypergradient estimators (SPEC §3) against closed forms and dense implicit differentiation."""
+"""Hypergradient estimators (docs/algorithm.md §3) against closed forms and dense implicit
+differentiation."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def dense_implicit(problem, x: dict, y: dict, xo: list[str], yo: list[str]) -> t
     return grad_f[:nx] - jxy @ torch.linalg.solve(hyy, grad_f[nx:])
 
 
-# --- the quadratic of SPEC §7 with two tensors in each of x and y ---------------------------------
+# --- the quadratic of docs/algorithm.md §7 with two tensors in each of x and y -------------------
 X_ORDER, Y_ORDER = ["a", "b"], ["u", "w"]
 
 
@@ -188,7 +189,7 @@ def test_forward_differences_are_exact_on_the_quadratic_and_close_on_logistic(lo
     q = Quadratic()
     h = hypergradient(q, q.x, q.y, None, name, difference="forward", **quad_options(q))
     assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-5
-    # logistic loss: O(μ) truncation instead of O(μ²), still within the SPEC's 1e-3
+    # logistic loss: O(μ) truncation instead of O(μ²), still within the 1e-3 of docs/algorithm.md §3
     h = hypergradient(logistic, logistic.x, logistic.y, None, name, terms=60,
                       step=logistic.step, difference="forward", mu=1e-5)
     assert rel_err(h["log_l2"], logistic.exact) <= 1e-3

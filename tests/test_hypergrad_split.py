@@ -1,5 +1,5 @@
-"""The features split of SPEC §3: a problem's x-only features are computed once per hypergradient,
-with the same estimate as the plain losses and no more counted FLOPs."""
+"""The features split of docs/algorithm.md §3: a problem's x-only features are computed once per
+hypergradient, with the same estimate as the plain losses and no more counted FLOPs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mask policies (SPEC §4): sizes, windows, rankings, cover counts, nesting, errors."""
+"""Mask policies (docs/algorithm.md §4): sizes, windows, rankings, cover counts, nesting, errors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Width-scalable models: channel plans couple dimensions so that a submodel on genuinely smaller
-tensors computes exactly what the full model computes with the pruned channels zeroed (docs/algorithm.md §4)."""
+"""Width-scalable models: channel plans couple dimensions so that a submodel on genuinely
+smaller tensors computes exactly what the full model computes with the pruned channels zeroed
+(docs/algorithm.md §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Omniglot reader, alphabet splits, client shards and episodes (SPEC §7 `fewshot`), on the
-offline subset (the two official small zips in ../shared/data/omniglot) and tiny zips the
-tests write themselves."""
+"""Omniglot reader, alphabet splits, client shards and episodes (docs/algorithm.md §7
+`fewshot`), on the offline subset (the two official small zips in ../shared/data/omniglot) and
+tiny zips the tests write themselves."""
 
 from __future__ import annotations
 

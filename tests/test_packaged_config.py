@@ -20,7 +20,7 @@ from rabo.config import packaged_config
 from rabo.reproduce import FEWSHOT_METHODS, fewshot_base, setting
 
 ROOT = Path(__file__).resolve().parents[1]
-OMNIGLOT = "/work/shared/data/omniglot"
+OMNIGLOT = str(ROOT.parent / "shared" / "data" / "omniglot")
 
 
 def run_config(*argv: str):

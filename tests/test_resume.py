@@ -1,5 +1,5 @@
 """Checkpoints and resume: a run killed with SIGKILL and resumed ends exactly like an
-uninterrupted one (SPEC §8); bad resumes are refused with one line."""
+uninterrupted one (docs/algorithm.md §8); bad resumes are refused with one line."""
 
 import json
 import os

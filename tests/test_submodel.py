@@ -1,4 +1,4 @@
-"""Plain-tensor channel plans: extract/scatter round trips and widths (SPEC §4)."""
+"""Plain-tensor channel plans: extract/scatter round trips and widths (docs/algorithm.md §4)."""
 
 import math
 

@@ -108,8 +108,10 @@ class Residual(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.c1, self.n1 = nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout, track_running_stats=False)
-        self.c2, self.n2 = nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout, track_running_stats=False)
+        self.c1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.n1 = nn.BatchNorm2d(cout, track_running_stats=False)
+        self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.n2 = nn.BatchNorm2d(cout, track_running_stats=False)
         self.proj = None if cin == cout else nn.Sequential(
             nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout, track_running_stats=False))
 

@@ -1,5 +1,6 @@
-"""Compute and communication accounting (SPEC §6): FLOPs counted by FlopCounterMode around the
-real client computation, cached per shape, and bytes of every array that crosses the wire."""
+"""Compute and communication accounting (docs/algorithm.md §6): FLOPs counted by FlopCounterMode
+around the real client computation, cached per shape, and bytes of every array that crosses the
+wire."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def index_bytes(plan: ChannelPlan, index: SubmodelIndex) -> int:
 
 def message_bytes(plan: ChannelPlan, phase: str, x: Params, y: Params,
                   index: SubmodelIndex) -> int:
-    """Bytes the server sends a client for a phase (SPEC §6): the inner phase carries x̃, ỹ and
-    the index sets; the outer phase carries ỹ^{t+1} (the client keeps x̃ and the index sets)."""
+    """Bytes the server sends a client for a phase (docs/algorithm.md §6): the inner phase
+    carries x̃, ỹ and the index sets; the outer phase carries ỹ^{t+1} (the client keeps x̃ and
+    the index sets)."""
     if phase == "inner":
         return nbytes(x) + nbytes(y) + index_bytes(plan, index)
     return nbytes(y)

@@ -1,4 +1,4 @@
-"""Client steps of Algorithm 1 (SPEC §2, steps 3 and 6): arrays in, arrays out.
+"""Client steps of Algorithm 1 (docs/algorithm.md §2, steps 3 and 6): arrays in, arrays out.
 
 Both runtimes (the in-process simulator and the Flower ClientApp) call these functions on the
 client's extracted submodel x̃_i = x[I_x], ỹ_i = y[I_y]; nothing here knows the full model.

@@ -1,5 +1,5 @@
-"""Cost report (SPEC §6): per method, FLOPs per client per round (inner and outer phase) and
-bytes down and up, with ratios to FedMBO, from the very counting the runs use."""
+"""Cost report (docs/algorithm.md §6): per method, FLOPs per client per round (inner and outer
+phase) and bytes down and up, with ratios to FedMBO, from the very counting the runs use."""
 
 from __future__ import annotations
 

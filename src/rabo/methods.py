@@ -1,6 +1,6 @@
-"""Named presets: a method is a mask policy × a hypergradient estimator (SPEC §5), plus the
-problem options it needs (ProtoNet and MAML reshape the few-shot problem instead of adding a
-second training loop)."""
+"""Named presets: a method is a mask policy × a hypergradient estimator (docs/algorithm.md §5),
+plus the problem options it needs (ProtoNet and MAML reshape the few-shot problem instead of
+adding a second training loop)."""
 
 from __future__ import annotations
 

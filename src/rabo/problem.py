@@ -1,4 +1,5 @@
-"""The user's contract: a bilevel problem as pure functions of parameter dicts (SPEC §1).
+"""The user's contract: a bilevel problem as pure functions of parameter dicts
+(docs/algorithm.md §1).
 
     min_x F(x) = 1/M Σ_i f_i(x, y*(x))   s.t.   y*(x) = argmin_y 1/M Σ_i g_i(x, y)
 

@@ -1,4 +1,4 @@
-"""One round of Algorithm 1, written once for every runtime (SPEC §2).
+"""One round of Algorithm 1, written once for every runtime (docs/algorithm.md §2).
 
 The driver decides who takes part, computes the masks, extracts each client's submodel, hands
 the jobs of a phase to a :class:`Transport` (in-process calls in the simulator, messages on

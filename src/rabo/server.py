@@ -1,5 +1,6 @@
-"""Server steps of Algorithm 1 (SPEC §2, steps 1, 4, 7, 8): who takes part, masks for the round,
-parameter-wise aggregation with cover counts. Pure functions of arrays; both runtimes call them."""
+"""Server steps of Algorithm 1 (docs/algorithm.md §2, steps 1, 4, 7, 8): who takes part, masks
+for the round, parameter-wise aggregation with cover counts. Pure functions of arrays; both
+runtimes call them."""
 
 from __future__ import annotations
 

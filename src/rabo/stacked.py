@@ -1,4 +1,5 @@
-"""Clients whose submodels have the same shapes, run as one (SPEC §2 client steps, batched).
+"""Clients whose submodels have the same shapes, run as one (docs/algorithm.md §2 client steps,
+batched).
 
 G clients' x̃_i, ỹ_i and data are stacked on a new leading dimension and the problem's losses
 are vmapped over it (:class:`Stacked`): each loss is the vector of the G clients' losses, and

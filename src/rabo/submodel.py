@@ -1,5 +1,6 @@
 """Structured submodels: a channel plan maps every tensor dimension to a channel group, and a
-client's submodel is the dense slice of every tensor along the kept channels (SPEC §4, eq 4).
+client's submodel is the dense slice of every tensor along the kept channels (docs/algorithm.md
+§4, eq 4).
 
 A ``SubmodelIndex`` holds, per channel group, the sorted kept channel indices ``I``; x and y
 share one plan, so a head's input columns follow the backbone's kept channels.

@@ -7,11 +7,12 @@ the whole forward every step (no feature caching); the Neumann hypergradient by 
 double backward (∇_y g with ``create_graph``, Q − 1 Hessian-vector products, one mixed product
 ∇_x⟨∇_y g, v⟩); aggregation in a plain loop over parameters and clients.
 
-It shares with rabo only what is not client compute, so that data and masks are identical:
-who takes part (:func:`rabo.server.participants`), the mask policy
+It shares with rabo only what is not client compute, so that data and masks are identical: who
+takes part (:func:`rabo.server.participants`), the mask policy
 (:func:`rabo.server.round_masks`), :meth:`~rabo.submodel.ChannelPlan.extract` and the plan's
 coordinates, the clients' samplers (:func:`rabo.client.client_rng`, ``problem.sample``) and the
-problems' loss formulas. After R rounds its x and y must equal the simulator's (SPEC §2, §3).
+problems' loss formulas. After R rounds its x and y must equal the simulator's
+(docs/algorithm.md §2, §3).
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class NaiveLoop:
 
     def step(self) -> None:
         """One round: masks, every client's inner phase, y's aggregation, every client's outer
-        phase at the new y, x's aggregation (SPEC §2)."""
+        phase at the new y, x's aggregation (docs/algorithm.md §2)."""
         exp, t = self.exp, self.round
         cfg, plan = exp.config, exp.problem.plan
         capacities = exp.schedule.at(t)

@@ -150,7 +150,7 @@ def _rounds(step: Callable[[int], tuple[float, int]], total: int, warmup: int,
 def run_simulator(exp: Experiment, total: int, warmup: int) -> tuple[RunState, dict]:
     """rabo's simulator (:func:`rabo.runtime.simulate.simulate_round`) for ``total`` rounds,
     its clients computing on the config's device (the server state stays on the CPU, as in
-    ``rabo run``); the FLOPs per round are the ones it counts itself (SPEC §6)."""
+    ``rabo run``); the FLOPs per round are the ones it counts itself (docs/algorithm.md §6)."""
     on = exp.config.device
     state = RunState(*exp.problem.init_params(exp.config.seed))
     cache = FlopCache()

@@ -1,4 +1,4 @@
-"""Data: in-memory array data sets and long-tailed federated splits (SPEC §7)."""
+"""Data: in-memory array data sets and long-tailed federated splits (docs/algorithm.md §7)."""
 
 from .digits import DIGITS_CLASSES, DIGITS_TEST_PER_CLASS, ArrayData, load_digits_arrays
 from .episodes import sample_task

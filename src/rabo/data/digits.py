@@ -1,5 +1,5 @@
 """Array data sets held in memory, and scikit-learn's bundled digits: the loss-tuning problem's
-embedded default (SPEC §7 `losstuning`), which needs no files and no download."""
+embedded default (docs/algorithm.md §7 `losstuning`), which needs no files and no download."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""N-way K-shot episodes from Omniglot classes (SPEC §7 `fewshot`, paper V-A).
+"""N-way K-shot episodes from Omniglot classes (docs/algorithm.md §7 `fewshot`, paper V-A).
 
 A task draws N distinct classes from a pool, then K support and Q = 20 − K query drawings of
 each (disjoint), rotated by the class's quarter turns and relabelled 0..N−1 in draw order.

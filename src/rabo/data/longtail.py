@@ -1,4 +1,5 @@
-"""Long-tailed federated classification data for loss tuning (SPEC §7 `losstuning`, paper V-B).
+"""Long-tailed federated classification data for loss tuning (docs/algorithm.md §7 `losstuning`,
+paper V-B).
 
 A balanced test set is held out first; the rest is subsampled to the long-tailed counts
 n_c = ⌊n_max · ρ^(−c/(C−1))⌋, partitioned over M clients (IID or Dirichlet(α) label skew) and
@@ -58,7 +59,7 @@ def _by_class(labels: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
 
 def longtail_counts(n_max: int, num_classes: int, rho: float) -> list[int]:
     """Per-class counts n_c = ⌊n_max · ρ^(−c/(C−1))⌋ (at least 1), c = 0 .. C−1: class 0 is the
-    head with n_max, class C−1 the tail with ⌊n_max/ρ⌋ (SPEC §7)."""
+    head with n_max, class C−1 the tail with ⌊n_max/ρ⌋ (docs/algorithm.md §7)."""
     _check_int("n_max", n_max, 1)
     _check_int("num_classes", num_classes, 1)
     _check_rho(rho)

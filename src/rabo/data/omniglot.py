@@ -1,4 +1,4 @@
-"""Omniglot (Lake et al., 2015) for few-shot learning (SPEC §7 `fewshot`, paper V-A).
+"""Omniglot (Lake et al., 2015) for few-shot learning (docs/algorithm.md §7 `fewshot`, paper V-A).
 
 Reads the official layouts, as directories or zips: ``images_background``,
 ``images_evaluation`` and the reduced ``images_background_small1`` / ``_small2``, each

@@ -1,7 +1,7 @@
-"""Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, SPEC §3), one module each, chosen
-by name from :data:`ESTIMATORS` and called through :func:`hypergradient`.
+"""Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, docs/algorithm.md §3), one
+module each, chosen by name from :data:`ESTIMATORS` and called through :func:`hypergradient`.
 
-Features computed once (SPEC §3). A problem MAY split its losses at their x-only part::
+Features computed once (docs/algorithm.md §3). A problem MAY split its losses at their x-only part::
 
     def features(self, x, batch) -> Any                 # e.g. backbone features of support and query
     def inner_loss_from(self, feats, y, batch) -> Tensor  # inner_loss(x, y, b) == this(features(x, b), y, b)

@@ -1,6 +1,7 @@
-"""Shared pieces of the hypergradient estimators (SPEC §3): flat vectors over parameter dicts,
-first-order gradients, the losses split at their x-only features (:class:`Split`), and products
-with H = ∇²_yy g and J = ∇²_xy g, exact or by central differences of first-order gradients."""
+"""Shared pieces of the hypergradient estimators (docs/algorithm.md §3): flat vectors over
+parameter dicts, first-order gradients, the losses split at their x-only features
+(:class:`Split`), and products with H = ∇²_yy g and J = ∇²_xy g, exact or by central differences
+of first-order gradients."""
 
 from __future__ import annotations
 
@@ -74,10 +75,11 @@ def flat_grad(output: Tensor, wrt: Iterable[Tensor], grad_output: Tensor | None 
 @dataclass(frozen=True)
 class Split:
     """A problem's two losses split at their x-only part, for one batch: g(x, y) =
-    ``inner(features(x), y)`` and f(x, y) = ``outer(features(x), y)`` (SPEC §3: features that do
-    not depend on the perturbed variable are computed once). :meth:`of` takes the split a problem
-    offers (``features``, ``inner_loss_from``, ``outer_loss_from``); without one, or from
-    :meth:`plain`, features(x) = x and the plain losses, so every estimator has one code path."""
+    ``inner(features(x), y)`` and f(x, y) = ``outer(features(x), y)`` (docs/algorithm.md §3:
+    features that do not depend on the perturbed variable are computed once). :meth:`of` takes
+    the split a problem offers (``features``, ``inner_loss_from``, ``outer_loss_from``); without
+    one, or from :meth:`plain`, features(x) = x and the plain losses, so every estimator has one
+    code path."""
 
     features: Callable[[Params], Any]
     inner: Callable[[Any, Params], Tensor]

@@ -1,6 +1,7 @@
 """AID with a conjugate-gradient inverse (AID-CG: Pedregosa 2016, "Hyperparameter optimization
 with approximate gradient"; Ji, Yang & Liang 2021, "Bilevel optimization: convergence analysis
-and enhanced design"): v from Q CG iterations on H v = ∇_y f, ĥ = ∇_x f − J v (SPEC §3)."""
+and enhanced design"): v from Q CG iterations on H v = ∇_y f, ĥ = ∇_x f − J v (docs/algorithm.md
+§3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""RAFBO's second-order-free hypergradient (the paper's eq 9 with PZOBO-style finite differences,
-Sow, Ji & Liang 2022): every H u and J v is a central difference of first-order gradients; J v is
-taken along coordinate directions of x or y, optionally a block cycling with t (SPEC §3)."""
+"""RAFBO's second-order-free hypergradient (the paper's eq 9 with PZOBO-style finite
+differences, Sow, Ji & Liang 2022): every H u and J v is a central difference of first-order
+gradients; J v is taken along coordinate directions of x or y, optionally a block cycling with t
+(docs/algorithm.md §3)."""
 
 from __future__ import annotations
 

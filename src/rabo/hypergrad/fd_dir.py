@@ -1,8 +1,8 @@
 """Directional finite-difference hypergradient: second-order free like `fd`, but J v from ONE
 difference along v, J v ≈ (∇_x g(x, y+μ'v) − ∇_x g(x, y−μ'v)) / 2μ' (or forward, against y), and
-v from the Neumann recursion with finite-difference HVPs (SPEC §3). RAFBO's estimator: of the
-second-order-free forms it is the cheapest (2 or 1 evaluations of g for J v where the coordinate
-forms need 2k), see :mod:`rabo.methods`."""
+v from the Neumann recursion with finite-difference HVPs (docs/algorithm.md §3). RAFBO's
+estimator: of the second-order-free forms it is the cheapest (2 or 1 evaluations of g for J v
+where the coordinate forms need 2k), see :mod:`rabo.methods`."""
 
 from __future__ import annotations
 

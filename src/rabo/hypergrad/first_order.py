@@ -1,5 +1,5 @@
 """First-order hypergradient ĥ = ∇_x f: drops the implicit term −J H⁻¹ ∇_y f, as the single-level
-submodel baselines (HeteroFL "Static", FedRolex, FIARSE, OAP) do (SPEC §3, §5)."""
+submodel baselines (HeteroFL "Static", FedRolex, FIARSE, OAP) do (docs/algorithm.md §3, §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AID with a Neumann-series inverse (Ghadimi & Wang 2018, "Approximation methods for bilevel
 programming"; the hypergradient of FedNest and FedMBO): v = η_N Σ_{n<Q} (I − η_N H)^n ∇_y f with
-exact HVPs by double backward, ĥ = ∇_x f − J v (SPEC §3)."""
+exact HVPs by double backward, ĥ = ∇_x f − J v (docs/algorithm.md §3)."""
 
 from __future__ import annotations
 

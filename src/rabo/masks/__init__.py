@@ -1,4 +1,5 @@
-"""Mask policies by name (SPEC §4): each returns, per client, the kept channels of every group.
+"""Mask policies by name (docs/algorithm.md §4): each returns, per client, the kept channels of
+every group.
 
 Adding a policy is one file: a frozen dataclass subclassing :class:`MaskPolicy` (its fields are
 its options) and one line in ``POLICIES``.

@@ -1,4 +1,5 @@
-"""The mask-policy contract (SPEC §2 step 1, eq 3) and the channel arithmetic policies share.
+"""The mask-policy contract (docs/algorithm.md §2 step 1, eq 3) and the channel arithmetic
+policies share.
 
 A policy sees the current global model and the round's capacities and returns, per client, a
 :data:`~rabo.submodel.SubmodelIndex`: for every channel group of the plan, the sorted int64

@@ -1,7 +1,7 @@
 """``coverage``: windows tiled across the round's clients so every channel is trained whenever
 Σ r_i ≥ 1 — the "OAP" baseline (Zhou et al., "Every Parameter Matters: Ensuring the Convergence
 of Federated Learning with Dynamic Heterogeneous Models Reduction", NeurIPS 2023), here as the
-policy that maximises the cover number C_x = min_j N_x^{t,j} (SPEC §2 step 8)."""
+policy that maximises the cover number C_x = min_j N_x^{t,j} (docs/algorithm.md §2 step 8)."""
 
 from __future__ import annotations
 

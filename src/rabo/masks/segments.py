@@ -1,5 +1,5 @@
 """``segments``: explicit per-client channel segments from the config, for controlled cover
-numbers (the paper's C_x experiment, SPEC §4)."""
+numbers (the paper's C_x experiment, docs/algorithm.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Plain width-scalable networks: Conv-4 (few-shot backbone), a small CNN and an MLP (docs/algorithm.md §7).
+"""Plain width-scalable networks: Conv-4 (few-shot backbone), a small CNN and an MLP
+(docs/algorithm.md §7).
 
 BatchNorm keeps no running statistics (HeteroFL's static BN): it always normalises with the
 batch's own statistics, so a submodel needs no calibration and has no buffers to slice.

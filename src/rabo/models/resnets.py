@@ -1,4 +1,5 @@
-"""Width-scalable residual networks: the few-shot ResNet-12 and the CIFAR ResNet-18 (docs/algorithm.md §7).
+"""Width-scalable residual networks: the few-shot ResNet-12 and the CIFAR ResNet-18
+(docs/algorithm.md §7).
 
 A residual sum adds the block's last BN output to the shortcut channel by channel, so both
 (and, for an identity shortcut, the block input) follow ONE channel group: a submodel keeps the

@@ -1,5 +1,6 @@
-"""Problems by name (SPEC §7): a built-in one, or a user's :class:`~rabo.BilevelProblem`
-subclass by reference, ``path/to/file.py:Class`` or ``package.module:Class``."""
+"""Problems by name (docs/algorithm.md §7): a built-in one, or a user's
+:class:`~rabo.BilevelProblem` subclass by reference, ``path/to/file.py:Class`` or
+``package.module:Class``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Few-shot hyper-representation learning (paper V-A, SPEC §7 `fewshot`): episodic bilevel.
+"""Few-shot hyper-representation learning (paper V-A, docs/algorithm.md §7 `fewshot`): episodic
+bilevel.
 
 x = backbone (Conv-4 by default), y = linear head initialisation (N × d + bias) with L2 λ.
 For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖²,
@@ -18,7 +19,7 @@ Evaluation: frozen global backbone, a head fitted on each test episode's support
 of ``EVAL_CHUNK`` episodes stepped together), mean query accuracy with a 95 % interval;
 ``eval_episodes`` on evaluation rounds, ``final_episodes`` on the last.
 
-``head`` chooses what is learned (SPEC §5): ``linear`` (the bilevel problem above),
+``head`` chooses what is learned (docs/algorithm.md §5): ``linear`` (the bilevel problem above),
 ``prototype`` (ProtoNet: no head, y empty; f = CE of the logits −‖φ(q) − c_k‖², c_k the mean
 support feature of class k; evaluated with prototypes) or ``meta`` (first-order MAML: x is the
 backbone, y empty; each task starts its head at zero (the "zeroing trick" of Kao et al., ICLR

@@ -1,4 +1,5 @@
-"""Federated loss-function tuning with the VS loss on long-tailed data (paper V-B, SPEC §7).
+"""Federated loss-function tuning with the VS loss on long-tailed data (paper V-B,
+docs/algorithm.md §7).
 
 x = per-class VS-loss parameters (Δ, ι, w), never pruned; y = the network, pruned.
 Data: scikit-learn digits (MLP, ρ = 10, the embedded default), or MNIST / Fashion-MNIST (small

@@ -1,4 +1,4 @@
-"""The quadratic test problem with a closed-form hypergradient (SPEC §7).
+"""The quadratic test problem with a closed-form hypergradient (docs/algorithm.md §7).
 
     g_i = ½ yᵀA_i y − yᵀB_i x + λ/2‖y‖²,      f_i = ½‖y − c_i‖² + ½ xᵀD x
 

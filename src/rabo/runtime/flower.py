@@ -1,4 +1,4 @@
-"""rabo on Flower (SPEC §2, §8): a ServerApp whose loop is rabo's own round driver
+"""rabo on Flower (docs/algorithm.md §2, §8): a ServerApp whose loop is rabo's own round driver
 (:func:`rabo.runtime.simulate.run` over :func:`rabo.rounds.run_round`) and a ClientApp that runs
 rabo's client step exactly as the simulator does; the messages carry NumPy arrays, never pickle.
 
