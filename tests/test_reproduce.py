@@ -599,9 +599,9 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_as_an_uninterrupted_grid
     rest = cut.stderr.read()
     assert cut.wait(timeout=120) == 130, seen + [rest]
     assert not [pid for pid in workers if _alive(pid)]
-    assert rest.splitlines()[-1] == (f"rabo: interrupted; every unfinished run in "
-                                     f"{tmp_path / 'two'} is checkpointed: the same command "
-                                     f"continues it (finished runs are reused)")
+    assert rest.splitlines()[-1] == (f"rabo: interrupted; the runs in {tmp_path / 'two'} are "
+                                     f"kept as far as they got: the same command continues "
+                                     f"them (finished runs are reused)")
     assert "Traceback" not in rest
     runs = ["5w1s/fedmbo", "5w1s/rabo", "5w1s/rafbo", "5w1s/cx1", "5w1s/cx5"]
     # one run was stopped part-way, its rounds so far checkpointed

@@ -321,8 +321,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                              settings=args.settings, config=args.config,
                                              validate=args.validate, jobs=args.jobs, **extra)
     except KeyboardInterrupt:
-        print(f"rabo: interrupted; every unfinished run in {out} is checkpointed: the same "
-              f"command continues it (finished runs are reused)", file=sys.stderr)
+        print(f"rabo: interrupted; the runs in {out} are kept as far as they got: the same "
+              f"command continues them (finished runs are reused)", file=sys.stderr)
         return 130
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0

@@ -57,13 +57,20 @@ def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
         feed(conn)
 
     def feed(conn: Connection) -> None:
-        if not queue:
-            conn.send(None)
+        """Send the worker the next task, or None to end it; one gone since its last task
+        (killed) is replaced, the task kept."""
+        task = queue.pop(0) if queue else None
+        try:
+            conn.send(task)
+        except OSError:
+            workers.pop(conn).join()
+            if task is not None:
+                queue.insert(0, task)
+                start()
             return
-        name, args = queue.pop(0)
-        conn.send((name, args))
-        running[conn] = name
-        report(name, STARTED, None)
+        if task is not None:
+            running[conn] = task[0]
+            report(task[0], STARTED, None)
 
     def finish(name: str, outcome: Outcome) -> None:
         outcomes[name] = outcome
@@ -77,14 +84,16 @@ def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
             for conn in [c for c in running if c in ready or workers[c].sentinel in ready]:
                 name = running.pop(conn)
                 try:
-                    finish(*conn.recv())
-                    feed(conn)
+                    reply = conn.recv()
                 except (EOFError, OSError):      # the worker died (killed, out of memory)
                     proc = workers.pop(conn)
                     proc.join()
                     finish(name, (FAILED, f"its worker process exited with code {proc.exitcode}"))
                     if queue:
                         start()
+                    continue
+                finish(*reply)
+                feed(conn)
         for proc in workers.values():
             proc.join()
     except KeyboardInterrupt:
