@@ -593,8 +593,8 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_as_an_uninterrupted_grid
         seen.append(line)
         if " done in " in line:
             break
-    workers = _children(cut.pid)
-    assert len(workers) >= 2                    # the two workers (and a resource tracker)
+    workers = _children(cut.pid, "spawn_main")
+    assert len(workers) == 2
     cut.send_signal(signal.SIGINT)
     rest = cut.stderr.read()
     assert cut.wait(timeout=120) == 130, seen + [rest]
@@ -618,16 +618,16 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_as_an_uninterrupted_grid
         assert _close(_results(tmp_path / "one" / r), _results(tmp_path / "two" / r)), r
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
+def _children(pid: int, command: str) -> list[int]:
+    """The processes whose parent is ``pid`` and whose command line holds ``command``."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and command in (proc / "cmdline").read_text():
+                found.append(int(proc.name))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
     return found
 
 

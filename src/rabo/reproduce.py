@@ -140,13 +140,12 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
     return paths
 
 
-def check_jobs(jobs: int) -> int:
-    """``jobs`` if it is a sane number of worker processes: 1 … 4 × this machine's cores."""
+def check_jobs(jobs: int) -> None:
+    """Refuse a number of worker processes outside 1 … 4 × this machine's cores."""
     limit = 4 * (os.cpu_count() or 1)
     if not isinstance(jobs, int) or not 1 <= jobs <= limit:
         raise ConfigError(f"--jobs {jobs}: must be an integer from 1 to {limit} "
                           f"(4 × this machine's {os.cpu_count() or 1} cores)")
-    return jobs
 
 
 def _train(name: str, config: dict[str, Any], path: str, resume: bool,
