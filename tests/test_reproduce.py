@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rabo import checkpoint
 from rabo.cli import main
 from rabo.errors import UnknownNameError
 from rabo.report import Run
@@ -455,3 +456,184 @@ def test_reproduce_threads(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("rabo.reproduce.EXPERIMENTS", {"fig6": lambda *a, **k: []})
     assert main(["reproduce", "fig6", "--threads", "1", "--out", out]) == 0
     assert seen == [1]
+
+
+def _results(path: Path) -> list[dict]:
+    """A run's metrics.jsonl rows without ``seconds`` (wall time differs from run to run)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close(a, b) -> bool:
+    """Equal up to float rounding, through nested rows (numbers to 1e-9 relative)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def test_a_grid_in_two_worker_processes_gives_the_runs_of_one_after_another(tmp_path, capfd):
+    """Randomness is a function of (seed, round, client), so where a run trains does not matter.
+    Here both ways run one torch thread a run (the tests' conftest sets 1; 1 // 2 → 1), so the
+    numbers agree to rounding; with other thread counts, reductions split differently and
+    agree to float tolerance only."""
+    from safetensors.torch import load_file
+
+    from rabo.config import RunConfig
+    from rabo.reproduce import run_grid
+
+    configs = {m: RunConfig(problem="quadratic", method=m, rounds=3, eval_every=1)
+               for m in ("rabo", "rafbo", "fedmbo")}
+    configs["bad"] = RunConfig(problem="quadratic", method="fedmbo", rounds=4, eval_every=1,
+                               outer_lr=1e300)              # diverges in round 2
+    one = run_grid(configs, tmp_path / "one", progress=False)
+    capfd.readouterr()
+    two = run_grid(configs, tmp_path / "two", progress=True, jobs=2)
+    err = capfd.readouterr().err
+    for name in configs:      # a line per run started and ended; the divergence named
+        assert f"rabo reproduce: {name}: started (" in err
+    assert err.count(" done in ") == 3 and err.count(" of 4)") == 7
+    assert "rabo reproduce: bad: round 2: every client's update was NaN or Inf" in err
+    assert [p.name for p in two] == list(configs)
+    assert [len(_results(p)) for p in two] == [3, 3, 3, 2]
+    for a, b in zip(one, two):
+        assert _close(_results(a), _results(b))
+    for a, b in zip(one[:3], two[:3]):
+        ta, tb = load_file(str(a / "final.safetensors")), load_file(str(b / "final.safetensors"))
+        assert ta.keys() == tb.keys() and all(torch_close(ta[k], tb[k]) for k in ta)
+
+
+def torch_close(a, b) -> bool:
+    import torch
+
+    return torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def _task(kind: str) -> tuple[str, str]:
+    """A pool task: a worker that dies (exit 3), or an outcome as given."""
+    import os
+
+    if kind == "die":
+        os._exit(3)
+    return ("failed", "boom") if kind == "fail" else ("done", "")
+
+
+def test_the_pool_replaces_a_worker_that_dies_and_fails_its_task_only():
+    from rabo.runtime.pool import FINISHED, STARTED, run_tasks
+
+    events = []
+    outcomes = run_tasks(_task, {"a": ("die",), "b": ("ok",), "c": ("fail",), "d": ("ok",)},
+                         2, 1, lambda name, event, outcome: events.append((name, event)))
+    assert outcomes == {"a": ("failed", "its worker process exited with code 3"),
+                        "b": ("done", ""), "c": ("failed", "boom"), "d": ("done", "")}
+    assert sorted(events) == sorted([(n, e) for n in "abcd" for e in (STARTED, FINISHED)])
+
+
+def test_a_run_that_fails_is_named_the_others_run_and_the_grid_fails_after(tmp_path, capsys,
+                                                                           monkeypatch):
+    from rabo import reproduce
+    from rabo.config import RunConfig
+    from rabo.errors import DataError, GridError
+
+    real = reproduce.run
+
+    def flaky(exp, out, progress, resume):
+        if out.name == "a":
+            raise DataError("episodes.bin is truncated")
+        return real(exp, out, progress=progress, resume=resume)
+
+    monkeypatch.setattr(reproduce, "run", flaky)
+    configs = {n: RunConfig(problem="quadratic", rounds=2, eval_every=2) for n in ("a", "b")}
+    with pytest.raises(GridError, match=r"^1 of 2 runs failed: a \(reasons above\)"):
+        reproduce.run_grid(configs, tmp_path, progress=False)
+    assert capsys.readouterr().err == "rabo reproduce: a: failed: episodes.bin is truncated\n"
+    assert len(_results(tmp_path / "b")) == 2
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "100000"])
+def test_jobs_out_of_range_is_a_one_line_error(tmp_path, capsys, jobs):
+    import os
+
+    assert main(["reproduce", "fig6", "--quick", "--jobs", jobs, "--out",
+                 str(tmp_path / "o")]) == 2
+    limit = 4 * os.cpu_count()
+    assert capsys.readouterr().err == (f"rabo: error: --jobs {jobs}: must be an integer from 1 "
+                                       f"to {limit} (4 × this machine's {os.cpu_count()} "
+                                       f"cores)\n")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_as_an_uninterrupted_grid(tmp_path):
+    """SIGINT to `rabo reproduce --jobs 2` once a run is done and two train: exit 130 with one
+    line, no worker left, and the same command then ends with the metrics of a sequential run
+    (one torch thread a run both ways: --threads 2 shared by 2 jobs, --threads 1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('problem = "fewshot"\nrounds = 4\neval_every = 1\ncheckpoint_every = 1\n'
+                      "[problem_options]\ntasks = 1\neval_episodes = 5\nfinal_episodes = 10\n")
+
+    def command(out: str, *more: str) -> list[str]:
+        return [sys.executable, "-m", "rabo", "reproduce", "fig4", "--config", str(config),
+                "--settings", "5w1s", "--data-dir", DATA, "--out", str(tmp_path / out), *more]
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    subprocess.run(command("one", "--threads", "1", "--quiet"), env=env, check=True)
+    cut = subprocess.Popen(command("two", "--threads", "2", "--jobs", "2"), env=env,
+                           stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in cut.stderr:
+        seen.append(line)
+        if " done in " in line:
+            break
+    workers = _children(cut.pid, "spawn_main")
+    assert len(workers) == 2
+    cut.send_signal(signal.SIGINT)
+    rest = cut.stderr.read()
+    assert cut.wait(timeout=120) == 130, seen + [rest]
+    assert not [pid for pid in workers if _alive(pid)]
+    assert rest.splitlines()[-1] == (f"rabo: interrupted; the runs in {tmp_path / 'two'} are "
+                                     f"kept as far as they got: the same command continues "
+                                     f"them (finished runs are reused)")
+    assert "Traceback" not in rest
+    runs = ["5w1s/fedmbo", "5w1s/rabo", "5w1s/rafbo", "5w1s/cx1", "5w1s/cx5"]
+    # one run was stopped part-way, its rounds so far checkpointed
+    stopped = [r for r in runs[:3] if (tmp_path / "two" / r / checkpoint.FILE).exists()
+               and not (tmp_path / "two" / r / "final.safetensors").exists()]
+    assert stopped, seen + [rest]
+    for r in stopped:
+        done = checkpoint.peek(tmp_path / "two" / r)["round"]
+        assert 1 <= done < 4 and len(_results(tmp_path / "two" / r)) >= done
+    again = subprocess.run(command("two", "--threads", "2", "--jobs", "2", "--quiet"), env=env,
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    for r in runs:
+        assert _close(_results(tmp_path / "one" / r), _results(tmp_path / "two" / r)), r
+
+
+def _children(pid: int, command: str) -> list[int]:
+    """The processes whose parent is ``pid`` and whose command line holds ``command``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and command in (proc / "cmdline").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

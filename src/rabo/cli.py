@@ -149,7 +149,10 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: the "
                    "packaged rabo/configs/fewshot.toml, as `rabo run fewshot` uses)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
-                   "config file's `threads` wins)")
+                   "config file's `threads` wins); with --jobs N, shared: THREADS // N each")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in a worker process (default: 1, one after "
+                        "another in this process); results equal those of --jobs 1")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -364,8 +367,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import EXPERIMENTS, SEEDED
+    from .reproduce import EXPERIMENTS, SEEDED, check_jobs
 
+    check_jobs(args.jobs)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads} must be an integer ≥ 1")
@@ -383,11 +387,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                              seed=args.seed, progress=not args.quiet,
                                              settings=args.settings, config=args.config,
-                                             validate=args.validate, **extra)
+                                             validate=args.validate, jobs=args.jobs, **extra)
     except RaboError:                   # refused: leave no empty folder behind
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
+    except KeyboardInterrupt as stop:
+        print(f"rabo: interrupted; the runs in {out} are kept as far as they got: the same "
+              f"command continues them (finished runs are reused)", file=sys.stderr)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     print(f"{args.experiment}: wrote " + ", ".join(f.name for f in files) + f" in {out}")
     return 0
 

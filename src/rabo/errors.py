@@ -26,6 +26,10 @@ class DataError(RaboError):
     """A data directory or file is missing, truncated or malformed."""
 
 
+class GridError(RaboError):
+    """Some runs of a grid failed (each reported with its name); the others ran to the end."""
+
+
 class StoppedError(RaboError):
     """The run stopped before its last round; the rounds done are checkpointed, to resume."""
 

@@ -39,7 +39,10 @@ import copy
 import csv
 import dataclasses
 import json
+import os
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +59,13 @@ from .config import (
     packaged_config,
     read_config,
 )
-from .errors import ConfigError, DivergedError, UnknownNameError
+from .errors import ConfigError, DivergedError, GridError, RaboError, UnknownNameError
 from .experiment import build
 from .masks.segments import segment_channels
 from .problems import FewShot
 from .report import Run, bars, cell, load_runs, plot, summarize
 from .rounds import divergence
+from .runtime.pool import DIVERGED, DONE, FAILED, FINISHED, STARTED, run_tasks
 from .runtime.simulate import run
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
@@ -89,15 +93,23 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
                "cx5": [[[0.0, 0.5]]] * 5 + [[[0.5, 1.0]]] * 5}
 
 
-def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) -> list[Path]:
+def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
+             jobs: int = 1) -> list[Path]:
     """Run every config into ``out/<name>``, so that a reproduction accumulates across sessions
     and an interrupted one continues where it stopped: a finished run (:func:`finished`) is
     reused, an unfinished one resumes from its checkpoint, or without one (text results only,
     e.g. a fresh clone) starts over; a directory holding a run is touched only if it ran with
-    the same config. Each finished run gets ``episodes.csv`` (:func:`write_episodes`). Returns
-    the run directories. A run that diverges is reported on stderr and kept as far as it got
-    (the tables' ``rounds`` column shows where it stopped); the others still run."""
-    paths = []
+    the same config, all checked before any run trains. With ``jobs`` > 1 the runs to train go
+    to that many worker processes (:func:`~rabo.runtime.pool.run_tasks`) of torch's threads //
+    ``jobs`` threads each (a config's ``threads`` wins); a run's results depend on its config
+    alone, so they equal those of the runs one after another (up to float rounding where the
+    thread counts differ). Each finished run gets ``episodes.csv`` (:func:`write_episodes`).
+    Returns the run directories. A line on stderr per run started and done (with
+    ``progress``); a run that diverges is reported and kept as far as it got (the tables'
+    ``rounds`` column shows where it stopped); one that fails otherwise is reported in one line,
+    the others still run, and then a :class:`GridError` names it."""
+    check_jobs(jobs)
+    paths, todo = [], {}
     for name, config in configs.items():
         path = out / name
         exp = build(config)
@@ -105,14 +117,75 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True) ->
         if saved:
             _check_reusable(path, exp.config)
         if not finished(path, exp.config.rounds):
-            try:
-                run(exp, path, progress=progress,
-                    resume=saved and (path / checkpoint.FILE).exists())
-            except DivergedError as err:
-                print(f"rabo reproduce: {name}: {err}", file=sys.stderr)
-        write_episodes(path)
+            resume = saved and (path / checkpoint.FILE).exists()
+            todo[name] = (name, exp.config.to_dict(), str(path), resume)
         paths.append(path)
+    show = _GridProgress(len(todo), progress)
+    if jobs == 1:
+        outcomes = {}
+        for name, task in todo.items():
+            show(name, STARTED)
+            outcomes[name] = _train(*task, progress)
+            show(name, FINISHED, outcomes[name])
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+        outcomes = run_tasks(_train, {n: (*t, False) for n, t in todo.items()}, jobs, threads,
+                             show)
+    for path in paths:
+        write_episodes(path)
+    failed = [name for name, (status, _) in outcomes.items() if status == FAILED]
+    if failed:
+        raise GridError(f"{len(failed)} of {len(configs)} runs failed: {', '.join(failed)} "
+                        f"(reasons above); the others are done, and a rerun retries these")
     return paths
+
+
+def check_jobs(jobs: int) -> None:
+    """Refuse a number of worker processes outside 1 … 4 × this machine's cores."""
+    limit = 4 * (os.cpu_count() or 1)
+    if not isinstance(jobs, int) or not 1 <= jobs <= limit:
+        raise ConfigError(f"--jobs {jobs}: must be an integer from 1 to {limit} "
+                          f"(4 × this machine's {os.cpu_count() or 1} cores)")
+
+
+def _train(name: str, config: dict[str, Any], path: str, resume: bool,
+           progress: bool) -> tuple[str, str]:
+    """Train one run of a grid (in this process or a worker's, so it takes and returns plain
+    data): (DONE, ""), (DIVERGED, why) or (FAILED, why in one line; a traceback on stderr
+    where the error is not a :class:`~rabo.errors.RaboError`, i.e. a bug)."""
+    try:
+        run(build(RunConfig(**config)), Path(path), progress=progress, resume=resume)
+    except DivergedError as err:
+        return DIVERGED, str(err)
+    except RaboError as err:
+        return FAILED, str(err)
+    except Exception as err:  # noqa: BLE001 - a bug in one run: reported, the grid goes on
+        traceback.print_exc()
+        return FAILED, f"{type(err).__name__}: {err}"
+    return DONE, ""
+
+
+class _GridProgress:
+    """The grid's lines on stderr: each run started and done (with ``progress``), diverged or
+    failed (always), named, with how far the grid is."""
+
+    def __init__(self, total: int, progress: bool):
+        self.total, self.progress = total, progress
+        self.began: dict[str, float] = {}
+        self.ended = 0
+
+    def __call__(self, name: str, event: str, outcome: tuple[str, str] | None = None) -> None:
+        if event == STARTED:
+            self.began[name] = time.monotonic()
+            line = f"started ({len(self.began)} of {self.total})"
+        else:
+            self.ended += 1
+            status, why = outcome or (FAILED, "")
+            line = {DONE: f"done in {time.monotonic() - self.began[name]:.1f} s "
+                          f"({self.ended} of {self.total})",
+                    DIVERGED: why, FAILED: f"failed: {why}"}[status]
+        if self.progress or outcome and outcome[0] != DONE:
+            print(f"rabo reproduce: {name}: {line}", file=sys.stderr, flush=True)
 
 
 def finished(path: Path, rounds: int) -> bool:
@@ -196,7 +269,7 @@ def write_table(rows: list[dict[str, Any]], columns: list[str], out: Path, stem:
 
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None, validate: bool = False) -> list[Path]:
+         config: Path | None = None, validate: bool = False, jobs: int = 1) -> list[Path]:
     """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data."""
     if validate:
         raise ConfigError("--validate is for the few-shot experiments (table2, table3, fig4); "
@@ -210,7 +283,7 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
         base = dataclasses.replace(base, rounds=3, eval_every=1)
     configs = {m: dataclasses.replace(base, method=m) for m in FIG6_METHODS}
     out.mkdir(parents=True, exist_ok=True)
-    paths = run_grid(configs, out, progress)
+    paths = run_grid(configs, out, progress, jobs)
     runs = load_runs(paths)
     files = [out / "fig6_accuracy.png"]
     plot(runs, [("accuracy", "balanced test accuracy", False)], "rounds", files[0],
@@ -325,7 +398,7 @@ def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
 
 def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
                   progress: bool, ordering: tuple[tuple[str, str], ...] = (),
-                  seeds: int = 1) -> list[Path]:
+                  seeds: int = 1, jobs: int = 1) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
     and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, and the fewest
@@ -341,7 +414,7 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
     for name, configs in grid.items():
         flat = [(run_name, d, c) for run_name, config in configs.items()
                 for d, c in seed_runs(run_name, config, seeds).items()]
-        paths = run_grid({f"{name}/{d}": c for _, d, c in flat}, out, progress)
+        paths = run_grid({f"{name}/{d}": c for _, d, c in flat}, out, progress, jobs)
         table = cost_table(paths)
         runs: dict[str, list[Run]] = {r: [] for r in configs}
         for (run_name, _, c), row, loaded in zip(flat, table, load_runs(paths)):
@@ -375,29 +448,31 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
 
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None, validate: bool = False, seeds: int = 1) -> list[Path]:
+           config: Path | None = None, validate: bool = False, seeds: int = 1,
+           jobs: int = 1) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
-    return fewshot_table(out, "table2", grid, "method", progress, ORDERING, seeds)
+    return fewshot_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-           config: Path | None = None, validate: bool = False, seeds: int = 1) -> list[Path]:
+           config: Path | None = None, validate: bool = False, seeds: int = 1,
+           jobs: int = 1) -> list[Path]:
     """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
     grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in TABLE3_METHODS for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
-    return fewshot_table(out, "table3", grid, "run", progress, seeds=seeds)
+    return fewshot_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None, validate: bool = False) -> list[Path]:
+         config: Path | None = None, validate: bool = False, jobs: int = 1) -> list[Path]:
     """Fig. 4: (a) computation and communication of RABO and RAFBO relative to FedMBO;
     (b) accuracy against rounds with C_x = 1 versus C_x = 5 at half width for every client."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
@@ -405,7 +480,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
     files = []
     for s in settings or ("5w1s",):
         paths = run_grid({f"{s}/{m}": setting(base, s, file, method=m)
-                          for m in ("fedmbo", "rabo", "rafbo")}, out, progress)
+                          for m in ("fedmbo", "rabo", "rafbo")}, out, progress, jobs)
         rows = [r | {"setting": s} for r in cost_table(paths)]
         files.append(out / f"fig4_cost_{s}.png")
         bars(rows, [("flops_ratio", "computation / FedMBO"),
@@ -416,7 +491,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
         paths = run_grid({f"{s}/{name}": setting(base, s, file, method="rabo", capacities=[0.5],
                                                  policy="segments",
                                                  policy_options={"segments": segments})
-                          for name, segments in CX_SEGMENTS.items()}, out, progress)
+                          for name, segments in CX_SEGMENTS.items()}, out, progress, jobs)
         rows = [r | {"setting": s, "cover": name, "channel_cover": channel_cover(segments)}
                 for r, (name, segments) in zip(cost_table(paths), CX_SEGMENTS.items())]
         files.append(out / f"fig4_cover_{s}.png")
