@@ -57,14 +57,39 @@ def marked(work: str) -> list[tuple[int, int]]:
     return found
 
 
+def with_descendants(roots: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """``roots`` and every live descendant of theirs, as (pid, start time): a daemon's children
+    that were started without the mark (Ray's agents) are found while their parent lives."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                fields = _stat(name)
+                children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop()[0], []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def stop_marked(work: str, grace: float) -> list[tuple[int, int]]:
-    """Stop every process marked with ``work``: SIGTERM, SIGKILL to those still running after
-    ``grace`` seconds, and the same to any started meanwhile, until none is left or
-    ``grace`` + 10 seconds have passed; returns those left (none, unless a process ignores
-    SIGKILL, e.g. one stuck in the kernel)."""
+    """Stop every process marked with ``work`` and its descendants: SIGTERM, SIGKILL to those
+    still running after ``grace`` seconds, and the same to any started meanwhile, until none
+    is left or ``grace`` + 10 seconds have passed; returns those left (none, unless a process
+    ignores SIGKILL, e.g. one stuck in the kernel)."""
     start = time.monotonic()
     termed: set[tuple[int, int]] = set()
-    while found := [p for p in marked(work) if alive(*p)]:
+    known: set[tuple[int, int]] = set()
+    while True:
+        known |= with_descendants([p for p in marked(work) if alive(*p)])
+        found = sorted(p for p in known if alive(*p))
+        if not found:
+            return []
         late = time.monotonic() - start
         if late > grace + 10:
             return found
@@ -76,7 +101,6 @@ def stop_marked(work: str, grace: float) -> list[tuple[int, int]]:
                     pass
                 termed.add((pid, started))
         time.sleep(POLL_SECONDS)
-    return []
 
 
 def supervise() -> tuple[subprocess.Popen, Path]:
