@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ class _Tracer:
         self.producer: list[str] = []
         self.dims: dict[tuple[str, int], _Label] = {}   # (param name, dim) → label
         self.fixed: set[int] = set()                      # elements that must stay full
+        self.depthwise: list[str] = []                    # the layers that fixed them
 
     # --- union-find -------------------------------------------------------------------------
     def new(self, channels: int, producer: str) -> int:
@@ -124,6 +126,7 @@ class _Tracer:
                 self.bind(target, "weight", 0, out)
                 if out.elem is not None:      # `groups` is a constant of the layer: the
                     self.fixed.add(out.elem)  # channels through it are never pruned
+                    self.depthwise.append(target)
             else:
                 out = _Label(self.new(out_ch, target))
                 self.bind(target, "weight", 0, out)
@@ -205,6 +208,15 @@ def _trace(model: nn.Module, example_inputs: Sequence[Tensor] | Tensor,
                         f"({str(cause).splitlines()[0][:120]})") from None
     modules = dict(graph.named_modules())
     t = _Tracer()
+    try:
+        return _walk(t, graph, modules, model, full_outputs)
+    except PlanError as err:
+        raise PlanError(f"{type(model).__name__}: {err}") from None
+
+
+def _walk(t: _Tracer, graph: fx.GraphModule, modules: dict[str, nn.Module], model: nn.Module,
+          full_outputs: bool) -> tuple[ChannelPlan, Axis | None]:
+    """Follow the labels through the graph's nodes in order; the plan of what they bound."""
     labels: dict[fx.Node, _Label | None] = {}
     result: _Label | None = None
     for node in graph.graph.nodes:
@@ -275,6 +287,14 @@ def _plan(t: _Tracer, model: nn.Module, result: _Label | None,
             root = None if label is None or label.elem is None else t.find(label.elem)
             axes.append(Axis(names[root], label.repeat) if root in names else None)
         dims[pname] = tuple(axes)
+    if t.depthwise:
+        kept = sum(p.numel() for n, p in model.named_parameters()
+                   if all(a is None for a in dims[n]))
+        total = sum(p.numel() for p in model.parameters())
+        warnings.warn(f"trace_plan: the channels through depthwise layer(s) "
+                      f"{', '.join(t.depthwise[:3])} stay full (a layer's `groups` is fixed), "
+                      f"and so do those coupled to them; {kept} of {total} parameters are "
+                      f"never pruned", stacklevel=3)
     used = {a.group for axes in dims.values() for a in axes if a is not None}
     groups = {names[r]: t.size[r] for r in sorted(names) if names[r] in used}
     axis = None
@@ -330,6 +350,9 @@ def _check_static(model: nn.Module, plan: ChannelPlan, params: dict[str, Tensor]
     for name, axes in plan.dims.items():
         if name not in params:
             raise PlanError(f"the plan names tensor {name!r}, which the model does not have")
+        if len(axes) > params[name].ndim:
+            raise PlanError(f"the plan gives tensor {name!r} {len(axes)} axes, but it has "
+                            f"{params[name].ndim} dimensions")
         for d, axis in enumerate(axes):
             if axis is None:
                 continue
@@ -350,7 +373,7 @@ def _mismatch(model: nn.Module, plan: ChannelPlan, params: dict[str, Tensor],
         try:
             got = functional_call(model, sub, inputs)
         except RuntimeError as err:
-            return (f"fails when pruned: {str(err).splitlines()[0][:100]}; a tensor this "
+            return (f"fails when pruned ({str(err).splitlines()[0][:300]}); a tensor this "
                     f"group's channels feed is in no group or in another one")
         want = functional_call(model, plan.scatter(sub, index, {n: torch.zeros_like(p) for n, p
                                                                in params.items()}), inputs)
