@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -76,11 +77,21 @@ def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
         outcomes[name] = outcome
         report(name, FINISHED, outcome)
 
+    seen: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        seen.append(signum)       # kept also where Python swallows the exception below
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt) if main else None
     try:
         for _ in range(min(jobs, len(queue))):
             start()
         while running:
-            ready = wait([*running, *(workers[c].sentinel for c in running)])
+            if seen:              # a Ctrl-C whose exception a library call swallowed
+                raise KeyboardInterrupt
+            ready = wait([*running, *(workers[c].sentinel for c in running)], timeout=0.5)
             for conn in [c for c in running if c in ready or workers[c].sentinel in ready]:
                 name = running.pop(conn)
                 try:
@@ -99,6 +110,9 @@ def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
     except KeyboardInterrupt:
         _stop(list(workers.values()))
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return outcomes
 
 
