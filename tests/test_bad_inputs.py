@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import rabo
+import rabo.checkpoint
 import rabo.models
 from rabo.cli import main
 from rabo.config import RunConfig
@@ -328,3 +329,19 @@ def test_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
     assert main(_quad(str(tmp_path / "file" / "run"))) == 2
     err = capsys.readouterr().err
     assert "cannot write run directory" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("errno_, text", [(28, "No space left on device"),
+                                          (30, "Read-only file system")])
+def test_a_disk_that_fills_up_or_turns_read_only_mid_run_is_one_line(tmp_path, capsys,
+                                                                      monkeypatch, errno_, text):
+    """A write that fails after the run started (here: the first checkpoint) ends in one line
+    and exit 2, the files written before it kept."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno_, text)
+
+    monkeypatch.setattr(rabo.checkpoint, "save", refuse)
+    assert main(_quad(str(tmp_path / "run"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rabo: error: {text};") and err.count("\n") == 1, err
+    assert (tmp_path / "run" / "config.json").exists()

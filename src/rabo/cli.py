@@ -535,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     except RaboError as err:
         print(f"rabo: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:          # a full or read-only disk while writing: one line
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"rabo: error: {err.strerror or err}{where}; what rabo wrote completely is "
+              f"kept (a run continues from its last checkpoint with --resume)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rabo: interrupted", file=sys.stderr)
         return 130
