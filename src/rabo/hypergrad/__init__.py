@@ -1,19 +1,26 @@
-"""Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, docs/algorithm.md §3), one
-module each, chosen by name from :data:`ESTIMATORS` and called through :func:`hypergradient`
-(or :func:`estimate`, with the options as one :class:`EstimatorOptions`).
+"""Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, docs/algorithm.md §3),
+chosen by name from :data:`ESTIMATORS` and called through :func:`hypergradient` (or
+:func:`estimate`, with the options as one :class:`EstimatorOptions`). Each file holds its
+algorithm: ``neumann.py`` (AID, Neumann series), ``cg.py``, ``fd.py``, ``fd_dir.py``,
+``first_order.py``; they share ``finite_diff.py`` (difference products of ``fd`` and
+``fd-dir``), ``implicit.py`` (the start point and the implicit step), ``split.py`` (the
+losses split at the features), ``flat.py`` (flat vectors) and ``options.py``.
 
-Features computed once (docs/algorithm.md §3). A problem MAY split its losses at their x-only part::
+Features computed once (docs/algorithm.md §3). A problem MAY split its losses at their
+x-only part::
 
-    def features(self, x, batch) -> Any                 # e.g. backbone features of support and query
-    def inner_loss_from(self, feats, y, batch) -> Tensor  # inner_loss(x, y, b) == this(features(x, b), y, b)
-    def outer_loss_from(self, feats, y, batch) -> Tensor  # outer_loss(x, y, b) == this(features(x, b), y, b)
+    def features(self, x, batch) -> Any  # e.g. backbone features of support and query
+    def inner_loss_from(self, feats, y, batch) -> Tensor
+    def outer_loss_from(self, feats, y, batch) -> Tensor
 
-``features`` must be differentiable in x (any pytree of tensors). With it, each estimator computes
-the features once per call, inside whatever measures the call (FLOPs are counted around it, §6):
-∇_y g, ∇_y f, exact and finite-difference HVPs and the perturbed y's of ``fd``/``fd-dir`` run on
-them, and ĥ = ∇_x [f − s] with ∇_x s = J v is one backward through the features into x. Without
-it (and for ``fd`` differencing x, whose perturbations change the features) the plain losses are
-used: the same code with features(x) = x (:class:`~rabo.hypergrad.split.Split`).
+with inner_loss(x, y, b) == inner_loss_from(features(x, b), y, b), and the same for the
+outer loss. ``features`` must be differentiable in x (any pytree of tensors). With it,
+each estimator computes the features once per call, inside whatever measures the call
+(FLOPs are counted around it, §6): ∇_y g, ∇_y f, exact and finite-difference HVPs and the
+perturbed y's of ``fd``/``fd-dir`` run on them, and ĥ = ∇_x [f − s] with ∇_x s = J v is
+one backward through the features into x. Without it (and for ``fd`` differencing x,
+whose perturbations change the features) the plain losses are used: the same code with
+features(x) = x (:class:`~rabo.hypergrad.split.Split`).
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ from .neumann import neumann
 from .options import DIFFERENCES, PERTURB, EstimatorOptions
 
 Estimator = Callable[[Objective, Params, Params, Batch, EstimatorOptions, int], Estimate]
-"""(problem, x, y, batch, options, t) → (ĥ, f(x, y)); t is the round (``fd``'s block cycles
-with it)."""
+"""(problem, x, y, batch, options, t) → (ĥ, f(x, y)); t is the round (``fd``'s block
+cycles with it)."""
 
 ESTIMATORS: dict[str, Estimator] = {
     "neumann": neumann,
@@ -49,8 +56,8 @@ ESTIMATORS: dict[str, Estimator] = {
 
 def estimate(problem: Objective, x: Params, y: Params, batch: Batch, estimator: str,
              options: EstimatorOptions, t: int = 0) -> Estimate:
-    """(ĥ, f(x, y)) by the named estimator at round ``t``: the hypergradient and the outer loss
-    the estimator evaluated on the way, so a client logs f without computing it again."""
+    """(ĥ, f(x, y)) by the named estimator at round ``t``: the hypergradient and the outer
+    loss evaluated on the way, which a client logs without computing f again."""
     function = lookup(ESTIMATORS, "estimator", estimator)
     with torch.enable_grad():
         return function(problem, x, y, batch, options, t)
@@ -61,14 +68,14 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
                   step: float = EstimatorOptions.step, mu: float = EstimatorOptions.mu,
                   coords: int | None = None, perturb: str = EstimatorOptions.perturb,
                   t: int = 0, difference: str = EstimatorOptions.difference) -> Params:
-    """ĥ ≈ ∇F(x) at (x, y) by the named estimator: a detached dict with x's names, shapes and
-    dtype. The options are :class:`EstimatorOptions`'s (checked there); ``t`` is the round that
-    picks ``fd``'s coordinate block."""
+    """ĥ ≈ ∇F(x) at (x, y) by the named estimator: a detached dict with x's names, shapes
+    and dtype. The options are :class:`EstimatorOptions`'s (checked there); ``t`` is the
+    round that picks ``fd``'s coordinate block."""
     if not isinstance(t, numbers.Integral) or isinstance(t, bool):
         raise ConfigError(f"t={t!r} is not allowed; t must be an integer round number")
     options = EstimatorOptions(terms, step, mu, coords, perturb, difference)
     return estimate(problem, x, y, batch, estimator, options, int(t))[0]
 
 
-__all__ = ["DIFFERENCES", "ESTIMATORS", "PERTURB", "Estimate", "Estimator", "EstimatorOptions",
-           "estimate", "hypergradient"]
+__all__ = ["DIFFERENCES", "ESTIMATORS", "PERTURB", "Estimate", "Estimator",
+           "EstimatorOptions", "estimate", "hypergradient"]

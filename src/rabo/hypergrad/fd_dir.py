@@ -1,8 +1,9 @@
-"""Directional finite-difference hypergradient: second-order free like `fd`, but J v from ONE
-difference along v, J v ≈ (∇_x g(x, y+μ'v) − ∇_x g(x, y−μ'v)) / 2μ' (or forward, against y), and
-v from the Neumann recursion with finite-difference HVPs (eq 9, docs/algorithm.md §3). RAFBO's
-estimator: of the second-order-free forms it is the cheapest (2 or 1 evaluations of g for J v
-where the coordinate forms need 2k), see :mod:`rabo.methods`."""
+"""Directional finite-difference hypergradient: second-order free like `fd`, but J v from
+ONE difference along v, J v ≈ (∇_x g(x, y+μ'v) − ∇_x g(x, y−μ'v)) / 2μ' (or forward,
+against y), and v from the Neumann recursion with finite-difference HVPs (eq 9,
+docs/algorithm.md §3). RAFBO's estimator: of the second-order-free forms it is the
+cheapest (2 or 1 evaluations of g for J v where the coordinate forms need 2k), see
+:mod:`rabo.methods`."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from .options import EstimatorOptions
 from .split import Split
 
 
-def fd_dir(problem: Objective, x: Params, y: Params, batch: Batch, opts: EstimatorOptions,
-           t: int) -> Estimate:
-    """ĥ = ∇_x f − J v, with H u and J v both finite differences of first-order gradients on the
-    features computed once. Forward differences evaluate g(x, y) once, with its graph: its
-    ∇_y is the base of every H u and its value the base of J v (``t`` unused)."""
+def fd_dir(problem: Objective, x: Params, y: Params, batch: Batch,
+           opts: EstimatorOptions, t: int) -> Estimate:
+    """ĥ = ∇_x f − J v, with H u and J v both finite differences of first-order gradients
+    on the features computed once. Forward differences evaluate g(x, y) once, with its
+    graph: its ∇_y is the base of every H u, its value the base of J v (``t`` unused)."""
     split = Split.of(problem, batch)
     point, v, (g, _) = neumann_by_differences(split, x, y, opts)
     if not torch.any(v):  # no direction to difference along: J v = 0

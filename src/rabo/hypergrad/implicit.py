@@ -1,6 +1,7 @@
-"""The implicit step every implicit estimator ends with (eq 9, docs/algorithm.md §3): at (x, y)
-the features once, f and ∇_y f (:class:`OuterPoint`); given v ≈ H⁻¹ ∇_y f and a scalar s with
-∇_x s = J v, ĥ = ∇_x (f − s) = ∇_x f − J v from ONE backward through x's computation."""
+"""Where every implicit estimator starts and how it ends (eq 9, docs/algorithm.md §3):
+at (x, y) the features once, f and ∇_y f (:class:`OuterPoint`); given v ≈ H⁻¹ ∇_y f and
+a scalar s with ∇_x s = J v, the implicit step ĥ = ∇_x (f − s) = ∇_x f − J v from ONE
+backward through x's computation."""
 
 from __future__ import annotations
 
@@ -14,20 +15,20 @@ from .flat import detached, flat_grad, unflatten
 from .split import Split
 
 Estimate = tuple[Params, float | Tensor]
-"""An estimator's result: ĥ, and the outer loss f(x, y) it evaluated on the way (a vector of
-per-client values for a stacked problem)."""
+"""An estimator's result: ĥ, and the outer loss f(x, y) it evaluated on the way (a vector
+of per-client values for a stacked problem)."""
 
 
 def loss_value(loss: Tensor) -> float | Tensor:
-    """A loss's value: a float, or the detached vector of a stacked problem's per-client losses."""
+    """A loss's value: a float, or the detached vector of a stacked problem's losses."""
     return float(loss.detach()) if loss.dim() == 0 else loss.detach()
 
 
 @dataclass(frozen=True)
 class OuterPoint:
     """Where every implicit estimator starts at (x, y): autograd leaves ``x``, ``y``, the
-    features computed once (``feats``, differentiable in x), f with its graph kept and ∇_y f
-    (flat)."""
+    features computed once (``feats``, differentiable in x), f with its graph kept and
+    ∇_y f (flat)."""
 
     split: Split
     x: Params
@@ -47,6 +48,6 @@ class OuterPoint:
 
 def implicit_step(x: Params, point: OuterPoint, s: Tensor | float = 0.0) -> Estimate:
     """ĥ = ∇_x (f − s) in x's names and shapes, detached, from ONE backward through x's
-    computation (a backbone's features): with ∇_x s = J v this is eq 9. Returns f's value too."""
+    computation (a backbone's features): with ∇_x s = J v, eq 9. Also returns f."""
     grads = unflatten(flat_grad(point.f.sum() - s, point.x.values()), x)
     return {n: p.detach() for n, p in grads.items()}, loss_value(point.f)

@@ -1,5 +1,6 @@
-"""The estimators' options as one typed, validated object (docs/algorithm.md §3): built once per
-run (:mod:`rabo.experiment`) or per call (:func:`rabo.hypergradient`), checked here only."""
+"""The estimators' options as one typed, validated object (docs/algorithm.md §3): built
+once per run (:mod:`rabo.experiment`) or per call (:func:`rabo.hypergradient`), checked
+here only."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class EstimatorOptions:
-    """``terms`` Q (Neumann terms / CG iterations), ``step`` the Neumann step η_N (≤ 1/L_g),
-    ``mu`` the finite-difference step μ, ``coords`` the size k of ``fd``'s cycling coordinate
-    block (None: all), ``perturb`` which variable ``fd`` differences for J v ("auto": the one
-    with fewer coordinates), ``difference`` the scheme of ``fd``/``fd-dir`` ("central": two
-    gradients per product, O(μ²) error; "forward": one, against the gradient at the point
-    computed once, O(μ) error). An estimator ignores the options it does not use.
+    """``terms`` Q (Neumann terms / CG iterations), ``step`` the Neumann step
+    η_N (≤ 1/L_g), ``mu`` the finite-difference step μ, ``coords`` the size k of ``fd``'s
+    cycling coordinate block (None: all), ``perturb`` which variable ``fd`` differences
+    for J v ("auto": the one with fewer coordinates), ``difference`` the scheme of
+    ``fd``/``fd-dir`` ("central": two gradients per product, O(μ²) error; "forward": one,
+    against the gradient at the point computed once, O(μ) error). An estimator ignores
+    the options it does not use.
 
-    Checked on construction (a bad value is a one-line :class:`~rabo.errors.ConfigError`), and
+    Checked on construction, a bad value a one-line :class:`~rabo.errors.ConfigError`;
     numbers normalized to ``int`` / ``float``."""
 
     terms: int = 10
@@ -41,7 +43,8 @@ class EstimatorOptions:
     def __post_init__(self) -> None:
         check_positive("terms", self.terms, integer=True)
         if self.terms > TERMS_MAX:
-            raise ConfigError(f"terms={self.terms!r} is not allowed; at most {TERMS_MAX:,}")
+            raise ConfigError(f"terms={self.terms!r} is not allowed; "
+                              f"at most {TERMS_MAX:,}")
         check_positive("step", self.step)
         check_positive("mu", self.mu)
         if self.coords is not None:

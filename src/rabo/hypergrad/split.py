@@ -1,5 +1,5 @@
-"""A problem's two losses split at their x-only features (docs/algorithm.md §3): an estimator
-computes the features once per call and differentiates through them once."""
+"""A problem's two losses split at their x-only features (docs/algorithm.md §3): an
+estimator computes the features once per call and differentiates through them once."""
 
 from __future__ import annotations
 
