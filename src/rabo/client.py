@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map_only
 
-from .hypergrad import estimate
+from .hypergrad import EstimatorOptions, estimate
 from .problem import Batch, BilevelProblem
 from .submodel import Params, SubmodelIndex
 
@@ -36,7 +36,7 @@ class ClientSettings:
     outer_steps: int
     outer_lr: float
     estimator: str | None
-    estimator_options: dict[str, Any] = field(default_factory=dict)
+    estimator_options: EstimatorOptions = field(default_factory=EstimatorOptions)
     adapt_steps: int = 0
     device: str = "cpu"
 
@@ -124,8 +124,8 @@ def outer_update(problem: BilevelProblem, x: Params, y: Params, data: list[Any],
         for task in (batch if problem.episodic else [batch]):
             yt = descend(problem, xk, y, [task] * settings.adapt_steps, settings.inner_lr)[0] \
                 if problem.episodic else y
-            h, f = estimate(problem, xk, yt, task, settings.estimator, t=round,
-                            **settings.estimator_options)
+            h, f = estimate(problem, xk, yt, task, settings.estimator,
+                            settings.estimator_options, round)
             grads.append(h)
             losses.append(f)
         xk = {n: p - settings.outer_lr * torch.stack([g[n] for g in grads]).mean(0)
