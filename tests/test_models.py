@@ -48,8 +48,9 @@ def random_index(plan: ChannelPlan, capacity: float, seed: int) -> dict[str, tor
 
 
 def kept_mask(plan: ChannelPlan, name: str, shape: torch.Size, index) -> torch.Tensor:
-    """Boolean mask of the kept coordinates of one tensor, written out independently of the plan's
-    own indexing: the outer product of per-dimension masks (channel c → columns c·rep … c·rep+rep−1)."""
+    """Boolean mask of the kept coordinates of one tensor, written out independently of the
+    plan's own indexing: the outer product of per-dimension masks (channel c → columns
+    c·rep … c·rep+rep−1)."""
     mask = torch.ones(shape, dtype=torch.bool)
     for d, axis in enumerate(plan.axes(name, len(shape))):
         if axis is None:

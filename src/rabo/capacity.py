@@ -1,4 +1,5 @@
-"""Per-round client capacities (width ratios r_i^t ∈ (0, 1]): fixed, sampled from a set, or a trace."""
+"""Per-round client capacities (width ratios r_i^t ∈ (0, 1]): fixed, sampled from a set, or a
+trace."""
 
 from __future__ import annotations
 

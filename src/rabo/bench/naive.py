@@ -56,8 +56,8 @@ class QuadraticNet(nn.Module):
 
 
 class LossTuningNet(nn.Module):
-    """An MLP of the client's hidden widths (y) and the VS-loss parameters (x):
-    g = VS loss on the train batch + λ_y/2‖y‖², f = balanced cross-entropy on the validation batch."""
+    """An MLP of the client's hidden widths (y) and the VS-loss parameters (x): g = VS loss on
+    the train batch + λ_y/2‖y‖², f = balanced cross-entropy on the validation batch."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
                  weight_decay: float):
