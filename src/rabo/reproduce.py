@@ -70,9 +70,8 @@ from .tables import write_csv, write_markdown, write_table
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
 REFERENCES = frozenset({"fedmbo", "fedavg"})
-# Step sizes for the 28×28 small CNN, chosen on the clients' validation splits (30 rounds of
-# fedavg with η_y ∈ {0.03, 0.1, 0.3}, then fedmbo and rabo with η_x ∈ {0.1, 0.5}; the digits MLP's
-# η_x = 2 diverges here within 5 rounds). Other data sets use the problem's defaults.
+# Step sizes for the 28×28 small CNN, chosen on the clients' validation splits (docs/tuning.md
+# §fig6). Other data sets use the problem's defaults.
 FIG6_STEPS = {"fashion-mnist": {"inner_lr": 0.3, "outer_lr": 0.1},
               "mnist": {"inner_lr": 0.3, "outer_lr": 0.1}}
 FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "fiarse", "rabo",
