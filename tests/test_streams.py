@@ -1,4 +1,5 @@
-"""The registry of random streams (rabo.streams): fixed keys, so fixed-seed runs stay the same."""
+"""The registry of random streams (rabo.streams): fixed keys, so fixed-seed runs stay
+the same."""
 
 import numpy as np
 
@@ -9,7 +10,8 @@ from rabo.capacity import CapacitySchedule
 def test_stream_tags_are_distinct_and_keep_the_values_past_runs_drew_from():
     tags = {"participants": streams.PARTICIPANTS, "masks": streams.MASKS,
             "capacities": streams.CAPACITIES, "quadratic": streams.QUADRATIC,
-            "fewshot_shards": streams.FEWSHOT_SHARDS, "fewshot_test": streams.FEWSHOT_TEST}
+            "fewshot_shards": streams.FEWSHOT_SHARDS,
+            "fewshot_test": streams.FEWSHOT_TEST}
     assert tags == {"participants": 0xFA1, "masks": 0x5E7, "capacities": 0xCA9,
                     "quadratic": 0x9AD, "fewshot_shards": 0x0A1, "fewshot_test": 0xE7A1}
     assert len(set(tags.values())) == len(tags)

@@ -1,4 +1,4 @@
-"""The one Markdown / CSV table writer (rabo.tables) behind report, reproduce, cost and bench."""
+"""The one Markdown / CSV table writer (rabo.tables)."""
 
 from rabo.tables import cell, markdown, write_csv, write_markdown
 

@@ -1,5 +1,5 @@
-"""What a round logs, in the few shapes everyone reads: the headline metrics a run shows as it
-goes and when it ends, and the mean of a round's per-client values."""
+"""What a round logs, in the shapes everyone reads: the headline metrics a run shows
+as it goes and when it ends, and the mean of a round's per-client values."""
 
 from __future__ import annotations
 

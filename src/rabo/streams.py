@@ -1,29 +1,36 @@
-"""The registry of a run's random streams: every seeded draw, with the key it is drawn from.
+"""The registry of a run's random streams: every seeded draw and the key it is drawn
+from.
 
-Each stream is NumPy's generator over a key of ids (seed, round, client) closed by a tag of its
-own, never global state: a draw is a pure function of its ids, so a resumed run or a Flower node
-draws exactly what the simulator draws, and distinct tags keep the streams independent. The
-values are part of every fixed-seed result; changing one changes every run that draws from it.
+Each stream is NumPy's generator over a key of ids (seed, round, client) closed by a
+tag of its own, never global state: a draw is a pure function of its ids, so a resumed
+run or a Flower node draws exactly what the simulator draws, and distinct tags keep the
+streams independent. The values are part of every fixed-seed result: changing one
+changes every run that draws from it.
 
 Drawn from ``[seed, round, tag]`` once per round:
 
-- :data:`PARTICIPANTS` — :func:`rabo.server.participants`: the ⌈p·M⌉ clients and who fails.
-- :data:`MASKS` — :func:`rabo.server.round_masks`: the mask policy's random choices.
-- :data:`CAPACITIES` — :meth:`rabo.capacity.CapacitySchedule.at`, mode "sampled": r_i^t.
+- :data:`PARTICIPANTS`: :func:`rabo.server.participants`, the ⌈p·M⌉ clients and who
+  fails.
+- :data:`MASKS`: :func:`rabo.server.round_masks`, the mask policy's random choices.
+- :data:`CAPACITIES`: :meth:`rabo.capacity.CapacitySchedule.at` in mode "sampled",
+  r_i^t.
 
-Drawn from ``[seed, round, client, phase]`` (:func:`client_rng`): a client's minibatches or
-tasks of one phase, ``PHASES["inner"]`` for the K inner steps, ``PHASES["outer"]`` for the T
-outer steps.
+Drawn from ``[seed, round, client, phase]`` (:func:`client_rng`): a client's
+minibatches or tasks of one phase, ``PHASES["inner"]`` for the K inner steps,
+``PHASES["outer"]`` for the T outer steps.
 
 Drawn from ``[seed, tag]`` once, when a problem is built:
 
-- :data:`QUADRATIC` — :class:`rabo.problems.Quadratic`: c̄ and the clients' ε.
-- :data:`FEWSHOT_SHARDS` — :class:`rabo.problems.FewShot` on Omniglot: each client's characters.
-- :data:`FEWSHOT_TEST` — ``FewShot.test_tasks``: the test episodes, the same at every evaluation.
+- :data:`QUADRATIC`: :class:`rabo.problems.Quadratic`, c̄ and the clients' ε.
+- :data:`FEWSHOT_SHARDS`: :class:`rabo.problems.FewShot` on Omniglot, each client's
+  characters.
+- :data:`FEWSHOT_TEST`: ``FewShot.test_tasks``, the test episodes (the same at every
+  evaluation).
 
 Seeded elsewhere, by the run's seed alone: the initial parameters
 (:func:`rabo.models.fresh_params`, ``torch.manual_seed``) and the long-tailed splits
-(:func:`rabo.data.longtail.federated_longtail`). User problems (examples/) pick their own keys.
+(:func:`rabo.data.longtail.federated_longtail`). User problems (examples/) pick their
+own keys.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ def rng(*key: int) -> np.random.Generator:
 
 
 def client_rng(seed: int, round: int, client: int, phase: str) -> np.random.Generator:
-    """The client's data sampler for one phase of one round: a pure function of its ids, so a
-    resumed run or a Flower node draws exactly the same minibatches as the simulator."""
+    """The client's data sampler for one phase of one round: a pure function of its
+    ids, so a resumed run or a Flower node draws the same minibatches as the
+    simulator."""
     return rng(seed, round, client, PHASES[phase])
