@@ -12,7 +12,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from rabo.errors import UnknownNameError
-from rabo.models import MODELS, BlockBackbone, build, head_plan, merge_plans
+from rabo.models import MODELS, BlockBackbone, build_model, head_plan, merge_plans
 from rabo.submodel import Axis, ChannelPlan, width
 
 CAPACITIES = (1.0, 0.5, 0.25, 0.125, 0.0625)
@@ -33,7 +33,7 @@ def make(case: str, seed: int = 0):
     """(model, plan, θ, inputs), built once per module: tests only read them."""
     torch.manual_seed(seed)
     name, kwargs, shape = CASES[case]
-    model, plan = build(name, **kwargs)
+    model, plan = build_model(name, **kwargs)
     model = model.double()
     params = {n: p.detach() for n, p in model.named_parameters()}
     inputs = torch.randn(shape, dtype=torch.float64)
@@ -48,8 +48,9 @@ def random_index(plan: ChannelPlan, capacity: float, seed: int) -> dict[str, tor
 
 
 def kept_mask(plan: ChannelPlan, name: str, shape: torch.Size, index) -> torch.Tensor:
-    """Boolean mask of the kept coordinates of one tensor, written out independently of the plan's
-    own indexing: the outer product of per-dimension masks (channel c → columns c·rep … c·rep+rep−1)."""
+    """Boolean mask of the kept coordinates of one tensor, written out independently of the
+    plan's own indexing: the outer product of per-dimension masks (channel c → columns
+    c·rep … c·rep+rep−1)."""
     mask = torch.ones(shape, dtype=torch.bool)
     for d, axis in enumerate(plan.axes(name, len(shape))):
         if axis is None:
@@ -231,7 +232,7 @@ def test_small_cnn_flatten_repeats_each_channel_over_49_columns():
 
 def test_unknown_model_name_raises():
     with pytest.raises(UnknownNameError, match="'vgg'.*allowed: conv4, mlp, resnet12"):
-        build("vgg")
+        build_model("vgg")
     assert sorted(MODELS) == ["conv4", "mlp", "resnet12", "resnet18", "small_cnn"]
 
 

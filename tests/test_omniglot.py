@@ -67,8 +67,8 @@ def png(seed: int) -> bytes:
 
 def fake_members(alphabet="Fake", characters=2, drawings=DRAWINGS, seed=0) -> dict[str, bytes]:
     """``{<Alphabet>/characterNN/<id>_<drawer>.png: bytes}`` for a fake alphabet."""
-    return {f"{alphabet}/character{c + 1:02d}/{900 + c:04d}_{d + 1:02d}.png": png(seed + 100 * c + d)
-            for c in range(characters) for d in range(drawings)}
+    return {f"{alphabet}/character{c + 1:02d}/{900 + c:04d}_{d + 1:02d}.png":
+            png(seed + 100 * c + d) for c in range(characters) for d in range(drawings)}
 
 
 def write_zip(path: Path, members: dict[str, bytes], dirs=()) -> Path:
@@ -160,7 +160,8 @@ def test_validation_split_holds_out_the_last_fifth_of_the_training_alphabets(dat
 def test_fewshot_validate_trains_and_evaluates_inside_the_training_alphabets(cache_dir):
     from rabo.problems import FewShot
 
-    problem = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), validate=True, cache_dir=str(cache_dir))
+    problem = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), validate=True,
+                      cache_dir=str(cache_dir))
     assert problem.split.test_alphabets == ("Latin",)
     assert np.array_equal(np.sort(np.concatenate(problem.shards)), problem.split.train_classes)
     config = problem.config()  # the split is resolved: a rebuild from it holds out nothing more

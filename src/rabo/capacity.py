@@ -1,4 +1,5 @@
-"""Per-round client capacities (width ratios r_i^t ∈ (0, 1]): fixed, sampled from a set, or a trace."""
+"""Per-round client capacities (width ratios r_i^t ∈ (0, 1]): fixed, sampled from a set, or a
+trace."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from . import streams
 from .errors import ConfigError
 
 
@@ -99,6 +99,6 @@ class CapacitySchedule:
         if self.trace is not None:
             return list(self.trace[round + 1])
         if self.mode == "sampled":
-            rng = np.random.default_rng([self.seed, round, 0xCA9])
+            rng = streams.rng(self.seed, round, streams.CAPACITIES)
             return [float(vals[k]) for k in rng.integers(0, len(vals), size=m)]
         return [float(vals[i * len(vals) // m]) for i in range(m)]

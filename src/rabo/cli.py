@@ -27,6 +27,7 @@ from .config import (
 from .errors import ConfigError, DataError, RaboError, UnknownNameError
 from .experiment import Experiment, build
 from .methods import METHODS, get_method
+from .metrics import headline
 from .problems import PROBLEMS, get_problem
 
 
@@ -330,8 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 128 + signum
     last = state.history[-1]
-    shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
-             if last.get(k) is not None}
+    shown = headline(last)
     print(f"{cfg.method} on {exp.problem.name}: {cfg.rounds} rounds, "
           + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" -> {out}")
     return 0
@@ -462,8 +462,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     run_local(exp, out, supernodes, args.timeout, resume=args.resume is not None,
               quiet=args.no_progress, engine=engine)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    shown = {k: last[k] for k in ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
-             if last.get(k) is not None}
+    shown = headline(last)
     where = f"simulation engine, {supernodes} nodes" if simulated else \
         f"{supernodes} SuperNodes"
     print(f"{cfg.method} on {exp.problem.name} (Flower, {where}): {cfg.rounds} rounds, "

@@ -12,6 +12,7 @@ from .config import RunConfig
 from .experiment import build
 from .methods import METHODS
 from .runtime.simulate import RunState, simulate_round
+from .tables import markdown
 
 COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")
 
@@ -48,12 +49,10 @@ def measure(config: RunConfig, methods: Sequence[str] | None = None,
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the cost report."""
-    head = ("| method | GFLOP inner | GFLOP outer | GFLOP total | MB down | MB up | FLOPs / "
-            "fedmbo | bytes / fedmbo | C_x | C_y |")
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['flops_inner'] / 1e9:.4f} | {r['flops_outer'] / 1e9:.4f} | "
-            f"{r['flops'] / 1e9:.4f} | {r['bytes_down'] / 1e6:.4f} | {r['bytes_up'] / 1e6:.4f} | "
-            f"{r['flops_ratio']:.3f} | {r['bytes_ratio']:.3f} | {r['cover_x']} | {r['cover_y']} |")
-    return "\n".join(lines)
+    header = ["method", "GFLOP inner", "GFLOP outer", "GFLOP total", "MB down", "MB up",
+              "FLOPs / fedmbo", "bytes / fedmbo", "C_x", "C_y"]
+    return "\n".join(markdown(header, (
+        [r["method"], *(f"{r[c] / 1e9:.4f}" for c in ("flops_inner", "flops_outer", "flops")),
+         *(f"{r[c] / 1e6:.4f}" for c in ("bytes_down", "bytes_up")),
+         f"{r['flops_ratio']:.3f}", f"{r['bytes_ratio']:.3f}", str(r["cover_x"]),
+         str(r["cover_y"])] for r in rows)))

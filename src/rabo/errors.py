@@ -1,4 +1,5 @@
-"""Errors a user can cause: each carries a one-line message naming the bad value and what is allowed."""
+"""Errors a user can cause: each carries a one-line message naming the bad value and what is
+allowed."""
 
 from __future__ import annotations
 

@@ -15,13 +15,13 @@ pyplot, so importing this module changes no global matplotlib state.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .tables import write_csv, write_markdown
 
 Panel = tuple[str, str, bool]  # (metric key, axis label, log scale)
 
@@ -202,26 +202,13 @@ def summarize(run: Run) -> dict[str, Any]:
             "wall_seconds": total("seconds")}
 
 
-def cell(value: Any) -> str:
-    """A table cell: 4 significant figures, or — for a missing value."""
-    if value is None:
-        return "—"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def write_summary(runs: list[Run], out: Path) -> list[Path]:
     """summary.md (numbers to 4 significant digits) and summary.csv (full precision)."""
     rows = [summarize(r) for r in runs]
     header = ["run", "problem", "method", "rounds", "final acc", "best acc", "final g",
               "final f", "GFLOPs", "MB", "min C_x", "min C_y", "wall s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    with open(out / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return [out / "summary.md", out / "summary.csv"]
+    return [write_markdown(rows, COLUMNS, out / "summary.md", header),
+            write_csv(rows, COLUMNS, out / "summary.csv")]
 
 
 def report(paths: list[Path], out: Path | None = None) -> list[Path]:

@@ -36,7 +36,6 @@ nothing was trained.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import os
@@ -63,16 +62,16 @@ from .errors import ConfigError, DivergedError, GridError, RaboError, UnknownNam
 from .experiment import build
 from .masks.segments import segment_channels
 from .problems import FewShot
-from .report import Run, bars, cell, load_runs, plot, summarize
+from .report import Run, bars, load_runs, plot, summarize
 from .rounds import divergence
 from .runtime.pool import DIVERGED, DONE, FAILED, FINISHED, STARTED, run_tasks
 from .runtime.simulate import run
+from .tables import write_csv, write_markdown, write_table
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
 REFERENCES = frozenset({"fedmbo", "fedavg"})
-# Step sizes for the 28×28 small CNN, chosen on the clients' validation splits (30 rounds of
-# fedavg with η_y ∈ {0.03, 0.1, 0.3}, then fedmbo and rabo with η_x ∈ {0.1, 0.5}; the digits MLP's
-# η_x = 2 diverges here within 5 rounds). Other data sets use the problem's defaults.
+# Step sizes for the 28×28 small CNN, chosen on the clients' validation splits (docs/tuning.md
+# §fig6). Other data sets use the problem's defaults.
 FIG6_STEPS = {"fashion-mnist": {"inner_lr": 0.3, "outer_lr": 0.1},
               "mnist": {"inner_lr": 0.3, "outer_lr": 0.1}}
 FEWSHOT_METHODS = ("fedmbo", "protonet", "maml", "static", "oap", "fedrolex", "fiarse", "rabo",
@@ -244,27 +243,6 @@ def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, A
 
 def _last(run: Run, key: str) -> Any:
     return next((row[key] for row in reversed(run.rows) if row.get(key) is not None), None)
-
-
-def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def write_markdown(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Path:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_table(rows: list[dict[str, Any]], columns: list[str], out: Path, stem: str) -> list[Path]:
-    """``stem``.csv (full precision) and ``stem``.md (4 significant figures)."""
-    return [write_csv(rows, columns, out / f"{stem}.csv"),
-            write_markdown(rows, columns, out / f"{stem}.md")]
 
 
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,

@@ -20,6 +20,7 @@ from . import server
 from .accounting import message_bytes, nbytes
 from .aggregate import channel_cover
 from .experiment import Experiment
+from .metrics import mean
 from .submodel import ChannelPlan, Params, SubmodelIndex
 
 
@@ -146,7 +147,7 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
     state.x, state.y, state.round = x, y, t + 1
     metrics: dict[str, Any] = {
         "round": t + 1, "method": cfg.method,
-        "inner_loss": _mean(inner.losses), "outer_loss": _mean(outer.losses),
+        "inner_loss": mean(inner.losses), "outer_loss": mean(outer.losses),
         "cover_x": cover_x.minimum, "cover_y": cover_y.minimum,
         "uncovered_x": cover_x.uncovered, "uncovered_y": cover_y.uncovered,
         **channel_metrics(plan, x, outer.indices, "x"),
@@ -181,7 +182,3 @@ def evaluate(problem: Any, x: Params, y: Params, final: bool) -> dict[str, Any]:
     if "final" in inspect.signature(problem.evaluate).parameters:
         return problem.evaluate(x, y, final=final)
     return problem.evaluate(x, y)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None

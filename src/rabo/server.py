@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
+from . import streams
 from .aggregate import CoverStats, aggregate, cover_counts, cover_stats  # noqa: F401
 from .masks import MaskPolicy
 from .submodel import ChannelPlan, Params, SubmodelIndex
@@ -19,7 +19,7 @@ def participants(clients: int, participation: float, fail_prob: float, seed: int
                  round: int) -> tuple[list[int], list[int]]:
     """The ⌈p·M⌉ clients sampled for a round, and which of them fail (simulated faults with
     probability q each): a pure function of (seed, round), so a resumed run draws the same."""
-    rng = np.random.default_rng([seed, round, 0xFA1])
+    rng = streams.rng(seed, round, streams.PARTICIPANTS)
     chosen = sorted(rng.choice(clients, size=math.ceil(participation * clients), replace=False)
                     .tolist()) if participation < 1.0 else list(range(clients))
     failed = [i for i, u in zip(chosen, rng.random(len(chosen))) if u < fail_prob]
@@ -29,7 +29,7 @@ def participants(clients: int, participation: float, fail_prob: float, seed: int
 def round_masks(policy: MaskPolicy, plan: ChannelPlan, x: Params, y: Params,
                 capacities: Sequence[float], round: int, seed: int) -> list[SubmodelIndex]:
     """(I_x, I_y) per participating client from the global model (eq 3); x and y share one plan."""
-    rng = np.random.default_rng([seed, round, 0x5E7])
+    rng = streams.rng(seed, round, streams.MASKS)
     return policy.select(plan, {**x, **y}, list(capacities), round, rng)
 
 

@@ -93,7 +93,8 @@ class ChannelPlan:
         """θ[I]: dense, smaller copies of every tensor along the kept channels (eq 4)."""
         out = {}
         for name, p in params.items():
-            out[name] = p.clone() if self.is_full(name, index) else p[self._grid(name, p.shape, index)]
+            out[name] = p.clone() if self.is_full(name, index) \
+                else p[self._grid(name, p.shape, index)]
         return out
 
     def scatter(self, sub: Params, index: SubmodelIndex, full: Params) -> Params:

@@ -10,7 +10,7 @@ double backward (∇_y g with ``create_graph``, Q − 1 Hessian-vector products,
 It shares with rabo only what is not client compute, so that data and masks are identical: who
 takes part (:func:`rabo.server.participants`), the mask policy
 (:func:`rabo.server.round_masks`), :meth:`~rabo.submodel.ChannelPlan.extract` and the plan's
-coordinates, the clients' samplers (:func:`rabo.client.client_rng`, ``problem.sample``) and the
+coordinates, the clients' samplers (:func:`rabo.streams.client_rng`, ``problem.sample``) and the
 problems' loss formulas. After R rounds its x and y must equal the simulator's
 (docs/algorithm.md §2, §3).
 """
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import server
-from ..client import client_rng, to_device
+from ..client import to_device
 from ..errors import ConfigError
 from ..experiment import Experiment
 from ..models import MLP, Conv4, rms_scaled
 from ..problems.losstuning import balanced_cross_entropy, vs_loss
+from ..streams import client_rng
 from ..submodel import ChannelPlan, Params, SubmodelIndex
 
 
@@ -55,8 +56,8 @@ class QuadraticNet(nn.Module):
 
 
 class LossTuningNet(nn.Module):
-    """An MLP of the client's hidden widths (y) and the VS-loss parameters (x):
-    g = VS loss on the train batch + λ_y/2‖y‖², f = balanced cross-entropy on the validation batch."""
+    """An MLP of the client's hidden widths (y) and the VS-loss parameters (x): g = VS loss on
+    the train batch + λ_y/2‖y‖², f = balanced cross-entropy on the validation batch."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int,
                  weight_decay: float):

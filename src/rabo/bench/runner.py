@@ -33,6 +33,7 @@ from ..problems.fewshot import EVAL_CHUNK, FewShot
 from ..rounds import RunState
 from ..runtime.simulate import json_safe, simulate_round
 from ..submodel import Params
+from ..tables import markdown
 from .fewshot_eval import loop_accuracies, loop_query_logits
 from .naive import NaiveLoop
 from .roofline import Roofline, matmul_flops, synchronize
@@ -393,56 +394,67 @@ def check_options(names: Sequence[str], rounds: int, warmup: int, device: str,
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as Markdown tables, one row per workload or evaluation, and its checks."""
-    roof = report["roofline"]["flops_per_s"]
-    columns = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
-               "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s",
-               "peak RSS MiB sim / naive", "max diff", "same params")
-    machine = report["machine"]
-    lines = [(f"roofline: {roof / 1e9:.1f} GFLOP/s dense float32 matmul on "
-              f"{report['roofline']['device']} ({machine['cpu']}, {machine['torch_threads']} "
-              f"threads)")]
-    if report["workloads"]:
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    roof, machine = report["roofline"], report["machine"]
+    lines = [(f"roofline: {roof['flops_per_s'] / 1e9:.1f} GFLOP/s dense float32 matmul on "
+              f"{roof['device']} ({machine['cpu']}, {machine['torch_threads']} threads)")]
     if machine.get("load_average_start") and machine.get("load_average_end"):
-        lines.insert(1, f"load average {machine['load_average_start'][0]:.2f} at the start, "
-                        f"{machine['load_average_end'][0]:.2f} at the end, on "
-                        f"{machine['cpu_count']} cores")
-    for r in report["workloads"]:
-        sim, naive = r["simulator"], r["naive"]
-        lines.append(
-            f"| {r['workload']} | {r['clients']} | {sim['seconds_per_round']:.4f} | "
-            f"{naive['seconds_per_round']:.4f} | {r['speedup']:.2f}× | {r['flop_ratio']:.3f} | "
-            f"{sim['flops_per_s'] / 1e9:.3f} | {100 * sim['roofline_fraction']:.2f} % | "
-            f"{naive['flops_per_s'] / 1e9:.3f} | {sim['peak_rss_mib']:.0f} / "
-            f"{naive['peak_rss_mib']:.0f} | {r['max_param_diff']:.2e} | "
-            f"{'yes' if r['same_params'] else 'NO'} |")
-    evaluations = report.get("evaluations", [])
-    if evaluations:
-        columns = ("evaluation", "episodes", "loop s", "batched s", "speed-up", "accuracy",
-                   "max accuracy diff", "max logit diff", "same accuracy")
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in evaluations:
-        lines.append(
-            f"| {r['workload']} ({r['source']}) | {r['episodes']} | {r['loop_seconds']:.2f} | "
-            f"{r['batched_seconds']:.2f} | {r['speedup']:.2f}× | {r['accuracy']:.4f} | "
-            f"{r['max_accuracy_diff']:.2e} | {r['max_logit_diff']:.2e} | "
-            f"{'yes' if r['same_accuracy'] else 'NO'} |")
-    c = report["checks"]
-    lines.append("")
+        lines.append(f"load average {machine['load_average_start'][0]:.2f} at the start, "
+                     f"{machine['load_average_end'][0]:.2f} at the end, on "
+                     f"{machine['cpu_count']} cores")
     if report["workloads"]:
-        lines.append("same parameters (≤ 1e-5) everywhere: "
-                     + ("yes" if c["same_params"] else "NO"))
+        lines += ["", *markdown(WORKLOAD_COLUMNS, map(_workload_row, report["workloads"]))]
+    if report.get("evaluations"):
+        lines += ["", *markdown(EVALUATION_COLUMNS,
+                                map(_evaluation_row, report["evaluations"]))]
+    return "\n".join([*lines, "", *_check_lines(report)])
+
+
+WORKLOAD_COLUMNS = ("workload", "clients", "sim s/round", "naive s/round", "speed-up",
+                    "naive / sim FLOPs", "sim GFLOP/s", "% of roofline", "naive GFLOP/s",
+                    "peak RSS MiB sim / naive", "max diff", "same params")
+EVALUATION_COLUMNS = ("evaluation", "episodes", "loop s", "batched s", "speed-up", "accuracy",
+                      "max accuracy diff", "max logit diff", "same accuracy")
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def _workload_row(r: dict[str, Any]) -> list[str]:
+    """The cells of one workload's row of :data:`WORKLOAD_COLUMNS`."""
+    sim, naive = r["simulator"], r["naive"]
+    return [r["workload"], str(r["clients"]), f"{sim['seconds_per_round']:.4f}",
+            f"{naive['seconds_per_round']:.4f}", f"{r['speedup']:.2f}×",
+            f"{r['flop_ratio']:.3f}", f"{sim['flops_per_s'] / 1e9:.3f}",
+            f"{100 * sim['roofline_fraction']:.2f} %", f"{naive['flops_per_s'] / 1e9:.3f}",
+            f"{sim['peak_rss_mib']:.0f} / {naive['peak_rss_mib']:.0f}",
+            f"{r['max_param_diff']:.2e}", _yes(r["same_params"])]
+
+
+def _evaluation_row(r: dict[str, Any]) -> list[str]:
+    """The cells of one evaluation's row of :data:`EVALUATION_COLUMNS`."""
+    return [f"{r['workload']} ({r['source']})", str(r["episodes"]), f"{r['loop_seconds']:.2f}",
+            f"{r['batched_seconds']:.2f}", f"{r['speedup']:.2f}×", f"{r['accuracy']:.4f}",
+            f"{r['max_accuracy_diff']:.2e}", f"{r['max_logit_diff']:.2e}",
+            _yes(r["same_accuracy"])]
+
+
+def _check_lines(report: dict[str, Any]) -> list[str]:
+    """One line per acceptance check of :func:`checks` that the report holds."""
+    c, lines = report["checks"], []
+    if report["workloads"]:
+        lines.append("same parameters (≤ 1e-5) everywhere: " + _yes(c["same_params"]))
     if "same_accuracy" in c:
         lines.append(f"batched evaluation ≥ {SPEEDUP_TARGET:.0f}× the per-episode loop: "
-                     f"{'yes' if c['eval_at_least_5x'] else 'NO'} ({c['eval_speedup']:.2f}×), "
-                     f"same accuracies: {'yes' if c['same_accuracy'] else 'NO'}")
+                     f"{_yes(c['eval_at_least_5x'])} ({c['eval_speedup']:.2f}×), "
+                     f"same accuracies: {_yes(c['same_accuracy'])}")
     if "quadratic_rss_under_4gib" in c:
         lines.append(f"quadratic peak RSS {c['quadratic_peak_rss_mib']:.0f} MiB < 4 GiB: "
-                     + ("yes" if c["quadratic_rss_under_4gib"] else "NO"))
+                     + _yes(c["quadratic_rss_under_4gib"]))
     if "quadratic_growth_exponent" in c:
         lines.append(f"quadratic s/round ∝ clients^{c['quadratic_growth_exponent']:.2f} "
-                     f"(at most linear: {'yes' if c['quadratic_at_most_linear'] else 'NO'})")
-    return "\n".join(lines)
+                     f"(at most linear: {_yes(c['quadratic_at_most_linear'])})")
+    return lines
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

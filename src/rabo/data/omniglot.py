@@ -117,7 +117,8 @@ def _hidden(parts: Sequence[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
-def _layout(files: Iterable[str], dirs: Iterable[str], where: str) -> dict[tuple[str, str], list[str]]:
+def _layout(files: Iterable[str], dirs: Iterable[str],
+            where: str) -> dict[tuple[str, str], list[str]]:
     """Map (alphabet, character) → sorted PNG names from relative POSIX paths, checking the
     ``<Alphabet>/<character>/<drawing>.png`` layout; other files are ignored."""
     layout: dict[tuple[str, str], list[str]] = {}
@@ -277,6 +278,15 @@ def load_omniglot(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | No
     found = _find_sources(data_dir)
     if not found:
         raise DataError(f"no Omniglot data in '{data_dir}': expected {EXPECTED}")
+    arrays = {s: _load_source(found[s], cache_dir, quiet)
+              for s in _wanted_sources(data_dir, found, sources)}
+    return _merge_sources(arrays)
+
+
+def _wanted_sources(data_dir: Path, found: dict[str, Path],
+                    sources: Iterable[str] | str | None) -> list[str]:
+    """The sources to read, in canonical order (which decides who owns an alphabet): the
+    requested ones, each checked to exist, or by default the full ones present, else all."""
     if sources is None:
         wanted = [s for s in FULL_SOURCES if s in found] or list(found)
     else:
@@ -287,12 +297,15 @@ def load_omniglot(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | No
             if s not in found:
                 raise DataError(f"Omniglot source {s!r} not in '{data_dir}': expected "
                                 f"{s}(.zip); present: {', '.join(found)}")
-    wanted = [s for s in SOURCES if s in wanted]  # canonical order decides who owns an alphabet
+    return [s for s in SOURCES if s in wanted]
 
+
+def _merge_sources(sources: dict[str, dict[str, np.ndarray]]) -> OmniglotData:
+    """One data set from the sources' cached arrays: a character held by several sources is
+    kept once (its first source's copy), after checking that the copies are identical."""
     blocks, names, files, owner = [], [], [], {}
     alphabets: dict[str, str] = {}  # alphabet → first source holding it
-    for source in wanted:
-        arrays = _load_source(found[source], cache_dir, quiet)
+    for source, arrays in sources.items():
         for j, name in enumerate(arrays["characters"].tolist()):
             rows = arrays["images"][j * DRAWINGS:(j + 1) * DRAWINGS]
             if name in owner:

@@ -75,7 +75,8 @@ class SmallCNN(Planned):
 class MLP(Planned):
     """Linear → ReLU → … → linear ``num_classes`` (scikit-learn digits: 64 inputs)."""
 
-    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10):
+    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128,),
+                 num_classes: int = 10):
         super().__init__()
         sizes = [in_features, *hidden, num_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))

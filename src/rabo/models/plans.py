@@ -76,7 +76,8 @@ def merge_plans(*plans: ChannelPlan) -> ChannelPlan:
     for plan in plans:
         for g, c in plan.groups.items():
             if groups.setdefault(g, c) != c:
-                raise ValueError(f"channel group {g!r} has {groups[g]} channels in one plan, {c} in another")
+                raise ValueError(f"channel group {g!r} has {groups[g]} channels in one plan, "
+                                 f"{c} in another")
         for name, axes in plan.dims.items():
             if dims.setdefault(name, axes) != axes:
                 raise ValueError(f"tensor {name!r} has different axes in two plans")

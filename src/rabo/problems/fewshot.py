@@ -4,12 +4,10 @@ bilevel.
 x = backbone (Conv-4 by default), y = linear head initialisation (N × d + bias) with L2 λ.
 For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖²,
 f = CE(head_y(φ_x(Q))). φ_x ends by rescaling each feature vector to root-mean-square
-``feature_rms`` (1.5, chosen on the validation alphabets over 1; 0 turns it off), so
-λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x: without it the trained backbone's
-feature norm, and with it the head's curvature, kept growing until the fixed head steps η_y and
-η_N diverged (FedMBO, RABO and RAFBO collapsed after ~50 rounds on Omniglot). Each client's
-meta-batch holds several N-way K-shot tasks; x and y share one channel plan, so the head's input
-columns follow the backbone's kept channels.
+``feature_rms`` (0 turns it off), so λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x and
+the fixed head steps η_y, η_N stay stable (why, and the value: docs/tuning.md §fewshot).
+Each client's meta-batch holds several N-way K-shot tasks; x and y share one channel plan, so
+the head's input columns follow the backbone's kept channels.
 
 Episodes come from an episode source: ``omniglot`` (from ``--data-dir``; alphabets split into
 train and test, rotations as new classes, training characters sharded over the clients;
@@ -24,10 +22,10 @@ of ``EVAL_CHUNK`` episodes stepped together), mean query accuracy with a 95 % in
 support feature of class k; evaluated with prototypes) or ``meta`` (first-order MAML: x is the
 backbone, y empty; each task starts its head at zero (the "zeroing trick" of Kao et al., ICLR
 2022: a meta-learned head sees random label permutations, and its first-order gradient only
-adds a per-class bias that every task then has to unlearn; measured: with a learned head the
-query loss never fell below log N); f = query CE at (x, 0)' = (x, 0) − α Σ_k ∇g, ``maml_steps``
-support-loss steps whose gradients are constants, so ∇_x f is the FO-MAML gradient; evaluated
-by the same adaptation on each test episode's support set).
+adds a per-class bias that every task then has to unlearn; docs/tuning.md §fewshot); f =
+query CE at (x, 0)' = (x, 0) − α Σ_k ∇g, ``maml_steps`` support-loss steps whose gradients are
+constants, so ∇_x f is the FO-MAML gradient; evaluated by the same adaptation on each test
+episode's support set).
 """
 
 from __future__ import annotations
@@ -143,9 +141,8 @@ class FewShot(BilevelProblem):
         head = {"head.weight": torch.zeros(self.ways, d), "head.bias": torch.zeros(self.ways)}
         return (x, head) if self.head == "linear" else (x, {})
 
-    # Stacked Conv-4 clients become grouped convolutions, measured slower than the clients one
-    # by one (`rabo bench`: 1.25 vs 0.83 s a round on 2 CPU cores, 0.60 vs 0.59 s on an H200);
-    # `--set batch_clients=true` still stacks them.
+    # Stacked Conv-4 clients become grouped convolutions, slower than the clients one by one
+    # (docs/tuning.md §speed); `--set batch_clients=true` still stacks them.
     batch_by_default = False
 
     @property
@@ -193,8 +190,7 @@ class FewShot(BilevelProblem):
         prototypes (``prototype``) or head and backbone adapted as in training (``meta``)."""
         if self.head == "linear":
             # one forward per episode set (its own batch statistics): folding the episodes into
-            # one convolution with vmap measured 2–4× slower on the CPU (batch norm's batching
-            # rule copies the activations; large convolutions leave the cache)
+            # one convolution with vmap is slower (docs/tuning.md §speed)
             with torch.no_grad():
                 support, query = (torch.stack(f) for f in zip(*(
                     self.features(x, t) for t in tasks)))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import streams
 from ..errors import ConfigError
 from ..problem import BilevelProblem, Bound
 from ..submodel import Params, SubmodelIndex, vector_plan
@@ -57,7 +58,7 @@ class Quadratic(BilevelProblem):
         self.num_clients = clients
         self.dtype = getattr(torch, opts["dtype"])
         d, m, lam = int(opts["dim"]), clients, float(opts["lam"])
-        rng = np.random.default_rng([seed, 0x9ad])
+        rng = streams.rng(seed, streams.QUADRATIC)
         c_bar = rng.uniform(1.0, 2.0, d)
         eps = rng.normal(0.0, float(opts["heterogeneity"]), (m, d))
         eps[1::2] = -eps[0:m - m % 2:2]          # mirrored pairs; an odd last client gets ε = 0

@@ -21,6 +21,7 @@ from .. import checkpoint, client, rundir, stacked
 from ..accounting import FlopCache, shape_key
 from ..errors import DivergedError, StoppedError
 from ..experiment import Experiment
+from ..metrics import headline
 from ..rounds import Job, Reply, RunState, Transport, divergence, pause_for_tests, run_round
 
 
@@ -214,9 +215,7 @@ def _loop(exp: Experiment, state: RunState, out: Path | None, progress: bool,
                             metrics_file.flush()
                         if state.round % cfg.checkpoint_every == 0 or state.round == cfg.rounds:
                             save()
-                    shown.update({k: f"{metrics[k]:.4g}" for k in
-                                  ("inner_loss", "outer_loss", "accuracy", "hypergrad_norm")
-                                  if metrics.get(k) is not None})
+                    shown.update({k: f"{v:.4g}" for k, v in headline(metrics).items()})
                     bar.set_postfix(shown, refresh=False)
                     bar.update(1)
                     if progress and not interactive and (state.round % cfg.eval_every == 0
