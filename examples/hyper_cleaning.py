@@ -31,8 +31,7 @@ from torch.func import functional_call
 
 import rabo
 from rabo.data import load_digits_arrays
-from rabo.models import build as build_model
-from rabo.models import fresh_params
+from rabo.models import build_model, fresh_params
 from rabo.submodel import Params
 
 

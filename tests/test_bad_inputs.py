@@ -169,7 +169,7 @@ API = [
      "coupling 'ring'"),
     (lambda: load_dataset("svhn", "/tmp"), "unknown dataset 'svhn'"),
     (lambda: width(8, 0.0), "capacity 0.0 is outside (0, 1]"),
-    (lambda: rabo.models.build("vgg"), "unknown model 'vgg'"),
+    (lambda: rabo.models.build_model("vgg"), "unknown model 'vgg'"),
 ]
 
 

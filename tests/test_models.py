@@ -11,8 +11,8 @@ import torch
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from rabo.errors import UnknownNameError
-from rabo.models import MODELS, BlockBackbone, build, head_plan, merge_plans
+from rabo.errors import PlanError, UnknownNameError
+from rabo.models import MODELS, BlockBackbone, build_model, head_plan, merge_plans
 from rabo.submodel import Axis, ChannelPlan, width
 
 CAPACITIES = (1.0, 0.5, 0.25, 0.125, 0.0625)
@@ -33,7 +33,7 @@ def make(case: str, seed: int = 0):
     """(model, plan, θ, inputs), built once per module: tests only read them."""
     torch.manual_seed(seed)
     name, kwargs, shape = CASES[case]
-    model, plan = build(name, **kwargs)
+    model, plan = build_model(name, **kwargs)
     model = model.double()
     params = {n: p.detach() for n, p in model.named_parameters()}
     inputs = torch.randn(shape, dtype=torch.float64)
@@ -151,9 +151,9 @@ def test_fewshot_head_follows_backbone_features():
 
 def test_merge_plans_rejects_conflicts():
     a = ChannelPlan({"g": 4}, {"w": (Axis("g"),)})
-    with pytest.raises(ValueError, match="'g'"):
+    with pytest.raises(PlanError, match="channel group 'g' has 4 channels in one plan, 8 in"):
         merge_plans(a, ChannelPlan({"g": 8}, {}))
-    with pytest.raises(ValueError, match="'w'"):
+    with pytest.raises(PlanError, match="tensor 'w' has different axes in two plans"):
         merge_plans(a, ChannelPlan({"g": 4, "h": 2}, {"w": (Axis("h"),)}))
     assert merge_plans(a, a) == a
 
@@ -231,7 +231,7 @@ def test_small_cnn_flatten_repeats_each_channel_over_49_columns():
 
 def test_unknown_model_name_raises():
     with pytest.raises(UnknownNameError, match="'vgg'.*allowed: conv4, mlp, resnet12"):
-        build("vgg")
+        build_model("vgg")
     assert sorted(MODELS) == ["conv4", "mlp", "resnet12", "resnet18", "small_cnn"]
 
 

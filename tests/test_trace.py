@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rabo.models import PlanError, build, check_plan, output_axis, trace_plan
+from rabo.models import PlanError, build_model, check_plan, output_axis, trace_plan
 from rabo.submodel import Axis, ChannelPlan
 
 
@@ -93,7 +93,7 @@ CASES = {"conv4": ({}, (2, 1, 28, 28), False), "resnet12": ({}, (2, 1, 16, 16), 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_traced_plan_equals_the_hand_written_one(case):
     kwargs, shape, full = CASES[case]
-    model, plan = build(case, **kwargs)
+    model, plan = build_model(case, **kwargs)
     params = dict(model.named_parameters())
     want = expected(case, params)
     assert trace_plan(model, torch.zeros(shape), full_outputs=full) == want
@@ -183,7 +183,7 @@ def test_check_plan_refuses_a_residual_branch_in_its_own_group():
 
 
 def test_check_plan_refuses_an_mlp_input_coupled_to_the_wrong_group():
-    model, plan = build("mlp", hidden=(32, 32))
+    model, plan = build_model("mlp", hidden=(32, 32))
     x = torch.randn(4, 64)
     check_plan(model, plan, x)
     dims = dict(plan.dims) | {"layers.1.weight": (Axis("layers.1"), Axis("layers.1"))}
@@ -192,7 +192,7 @@ def test_check_plan_refuses_an_mlp_input_coupled_to_the_wrong_group():
 
 
 def test_check_plan_names_a_size_mismatch_and_running_statistics():
-    model, plan = build("mlp", hidden=(32,))
+    model, plan = build_model("mlp", hidden=(32,))
     wrong = ChannelPlan({"layers.0": 16}, plan.dims)
     with pytest.raises(PlanError, match="'layers.0.weight' dim 0 has size 32.*'layers.0' has 16"):
         check_plan(model, wrong, torch.randn(2, 64))

@@ -5,7 +5,7 @@ traced from one forward (:func:`trace_plan`): a :class:`~rabo.submodel.ChannelPl
 ``prefix`` + its ``named_parameters()`` names. A client runs the stock module on its genuinely
 smaller tensors::
 
-    model, plan = build("conv4")
+    model, plan = build_model("conv4")
     sub = plan.extract(dict(model.named_parameters()), index)
     features = torch.func.functional_call(model, sub, (images,))
 
@@ -86,7 +86,7 @@ def rms_scaled(features: torch.Tensor, scale: float) -> torch.Tensor:
     return features * (scale / rms)
 
 
-def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
+def build_model(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
     """The model registered as ``name`` (built with ``kwargs``) and its channel plan."""
     model = lookup(MODELS, "model", name)(**kwargs)
     return model, model.channel_plan()
@@ -94,7 +94,7 @@ def build(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
 
 __all__ = [
     "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanError", "Planned",
-    "ResNet12", "ResNet12Block", "ResNet18", "SmallCNN", "build", "check_plan", "conv4",
+    "ResNet12", "ResNet12Block", "ResNet18", "SmallCNN", "build_model", "check_plan", "conv4",
     "fresh_params", "head_plan", "merge_plans", "mlp", "output_axis", "resnet12", "resnet18",
     "small_cnn", "trace_plan", "with_prefix",
 ]

@@ -29,12 +29,8 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import ConfigError
+from ..errors import PlanError
 from ..submodel import Axis, ChannelPlan, SubmodelIndex, width
-
-
-class PlanError(ConfigError):
-    """A model whose channel plan cannot be derived, or a plan that does not fit its model."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
 from ..errors import ConfigError, UnknownNameError, lookup
-from ..models import MODELS, build, fresh_params
+from ..models import MODELS, build_model, fresh_params
 from ..problem import BilevelProblem, Bound
 from ..submodel import ChannelPlan, Params
 
@@ -108,7 +108,7 @@ class LossTuning(BilevelProblem):
         if model not in kwargs:
             raise ConfigError(f"model {model!r} is not a classifier for loss tuning; allowed: "
                               f"{', '.join(kwargs)}")
-        self.model, plan = build(model, num_classes=self.num_classes, **kwargs[model])
+        self.model, plan = build_model(model, num_classes=self.num_classes, **kwargs[model])
         self.plan = plan if opts["prune"] == "y" else ChannelPlan(plan.groups, {})
         self._test = self._tensors(self.data.test_idx)
         self._val = self._tensors(np.concatenate([v for _, v in self.data.clients]))
