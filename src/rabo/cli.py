@@ -195,13 +195,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     options = {k: type(v) for k, v in defaults.items()}
     method = sets.get("method", flags.get("method", file.base.get("method")))
     base, by_method, flags, sets = (flatten(values, options, problem) for values in
-                                    (file.base, file.tables(method)[1], flags, sets))
+                                    (file.base, file.method_table(method), flags, sets))
     given = {**base, **by_method, **flags, **sets}
     ways, shots = (given.get(f"problem.{k}", defaults.get(k)) for k in ("ways", "shots"))
     if file.settings and (ways is None or shots is None):
         raise ConfigError(f"{str(args.config)!r} has [setting.NwKs] tables, for problems with "
                           f"ways and shots; {problem!r} has neither")
-    setting = flatten(file.tables(method, ways, shots)[0], options, problem)
+    setting = flatten(file.setting_table(ways, shots), options, problem)
     return overlay(RunConfig(problem=problem), {**base, **setting, **by_method, **flags, **sets})
 
 

@@ -211,7 +211,15 @@ class ConfigFile:
                shots: int | None = None) -> list[dict[str, Any]]:
         """The tables to apply after the base, in order, for a run of ``method`` with ``ways``
         and ``shots`` (empty where the file has none)."""
-        return [self.settings.get(f"{ways}w{shots}s", {}), self.methods.get(method or "", {})]
+        return [self.setting_table(ways, shots), self.method_table(method)]
+
+    def setting_table(self, ways: int | None, shots: int | None) -> dict[str, Any]:
+        """The ``[setting.NwKs]`` table of N = ``ways``, K = ``shots`` (empty without one)."""
+        return self.settings.get(f"{ways}w{shots}s", {})
+
+    def method_table(self, method: str | None) -> dict[str, Any]:
+        """The ``[method.NAME]`` table of ``method`` (empty without one)."""
+        return self.methods.get(method or "", {})
 
 
 def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:
@@ -284,12 +292,13 @@ def flatten(values: dict[str, Any], option_types: dict[str, type],
 def overlay(config: RunConfig, flat: dict[str, Any]) -> RunConfig:
     """A copy of ``config`` with the flat values of :func:`flatten` set (an option added to or
     replacing those ``config`` has); ``config`` itself is left as it is."""
+    def options(prefix: str) -> dict[str, Any]:
+        return {k.removeprefix(prefix): v for k, v in flat.items() if k.startswith(prefix)}
+
     fields = {k: v for k, v in flat.items() if "." not in k}
-    tables = {table: {**getattr(config, table),
-                      **{k.removeprefix(prefix): v for k, v in flat.items()
-                         if k.startswith(prefix)}}
-              for table, prefix in OPTION_TABLES.items()}
-    return dataclasses.replace(config, **fields, **tables)
+    return dataclasses.replace(
+        config, **fields, problem_options={**config.problem_options, **options("problem.")},
+        policy_options={**config.policy_options, **options("policy.")})
 
 
 def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> RunConfig:
