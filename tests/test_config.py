@@ -93,3 +93,40 @@ def test_committed_fewshot_runs_resolve_to_their_config_json(run, monkeypatch):
     now = json.loads(json.dumps(build(config).config.to_dict()))
     assert list(now) == list(saved)
     assert differing_keys(saved, now, RUNTIME_FIELDS) == []
+
+
+FLAGS = ["quadratic", "--method", "fedmbo", "--rounds", "3", "--clients", "4",
+         "--capacities", "1,0.5", "--capacity-mode", "sampled", "--capacity-trace", "t.csv",
+         "--seed", "5", "--data-dir", "d", "--threads", "2", "--device", "cuda:1",
+         "--checkpoint-every", "2", "--participation", "0.5", "--fail-prob", "0.25"]
+
+
+@pytest.mark.parametrize("command", [["run"], ["flower", "local"], ["flower", "simulate"]])
+def test_each_config_flag_sets_its_field_in_run_and_both_flower_modes(command):
+    """A flag sets the RunConfig field its argparse destination names; ``rabo flower local``
+    and ``simulate`` take exactly the options of ``rabo run``."""
+    from rabo.cli import config_from_args, flag_values, make_parser
+
+    args = make_parser().parse_args([*command, *FLAGS])
+    assert sorted(flag_values(args)) == sorted(
+        ["problem", "method", "rounds", "clients", "capacities", "capacity_mode",
+         "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
+         "participation", "fail_prob"])
+    config = config_from_args(args)
+    assert (config.problem, config.method, config.rounds, config.clients, config.capacities,
+            config.capacity_mode, config.capacity_trace, config.seed, config.data_dir,
+            config.threads, config.device, config.checkpoint_every, config.participation,
+            config.fail_prob) == ("quadratic", "fedmbo", 3, 4, [1.0, 0.5], "sampled", "t.csv",
+                                  5, "d", 2, "cuda:1", 2, 0.5, 0.25)
+
+
+def test_field_types_are_read_from_the_run_config_annotations():
+    import dataclasses
+
+    from rabo.config import FIELD_TYPES, RunConfig
+
+    assert list(FIELD_TYPES) == [f.name for f in dataclasses.fields(RunConfig)
+                                 if f.name not in ("problem_options", "policy_options")]
+    assert (FIELD_TYPES["rounds"], FIELD_TYPES["outer_lr"], FIELD_TYPES["capacities"],
+            FIELD_TYPES["batch_clients"], FIELD_TYPES["capacity_trace"]) == \
+        (int, float, list, bool, str)     # int | None, float | None, list[float], bool | None
