@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from rabo.errors import UnknownNameError
+from rabo.errors import PlanError, UnknownNameError
 from rabo.models import MODELS, BlockBackbone, build_model, head_plan, merge_plans
 from rabo.submodel import Axis, ChannelPlan, width
 
@@ -152,9 +152,9 @@ def test_fewshot_head_follows_backbone_features():
 
 def test_merge_plans_rejects_conflicts():
     a = ChannelPlan({"g": 4}, {"w": (Axis("g"),)})
-    with pytest.raises(ValueError, match="'g'"):
+    with pytest.raises(PlanError, match="channel group 'g' has 4 channels in one plan, 8 in"):
         merge_plans(a, ChannelPlan({"g": 8}, {}))
-    with pytest.raises(ValueError, match="'w'"):
+    with pytest.raises(PlanError, match="tensor 'w' has different axes in two plans"):
         merge_plans(a, ChannelPlan({"g": 4, "h": 2}, {"w": (Axis("h"),)}))
     assert merge_plans(a, a) == a
 

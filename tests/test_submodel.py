@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rabo.errors import ConfigError
+from rabo.errors import ConfigError, PlanError
 from rabo.submodel import Axis, ChannelPlan, vector_plan, width
 
 
@@ -60,6 +60,22 @@ def test_width_is_ceil_r_c_at_least_one(channels, capacity):
 def test_width_rejects_capacity_outside_unit_interval(bad):
     with pytest.raises(ConfigError, match="outside"):
         width(8, bad)
+
+
+def test_plan_naming_an_unknown_group_is_a_one_line_plan_error():
+    """Regression: a hand-written plan with a misspelt group was a ValueError, not a rabo
+    error (the CLI printed a traceback)."""
+    with pytest.raises(PlanError) as err:
+        ChannelPlan({"conv1": 8, "conv2": 16}, {"fc.weight": (None, Axis("conv3"))})
+    assert str(err.value) == ("ChannelPlan: tensor 'fc.weight' follows group 'conv3', which is "
+                              "not one of its groups (known: conv1, conv2)")
+    with pytest.raises(PlanError, match=r"'b', which is not one of its groups \(known: none\)"):
+        ChannelPlan({}, {"w": (Axis("b"),)})
+
+
+def test_vector_plan_with_a_shared_group_of_two_sizes_is_a_plan_error():
+    with pytest.raises(PlanError, match="group 'q' disagree on its size: 5 and 4 \\('y'\\)"):
+        vector_plan({"x": torch.zeros(5), "y": torch.zeros(4)}, {"x": "q", "y": "q"})
 
 
 def test_vector_plan_shares_named_groups():

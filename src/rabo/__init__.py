@@ -10,13 +10,13 @@ on first use, so the command can take Ctrl-C while torch imports (:mod:`rabo.lau
 
 from importlib import import_module
 
-from .errors import ConfigError, DataError, RaboError, UnknownNameError
+from .errors import ConfigError, DataError, PlanError, RaboError, UnknownNameError
 
 _LAZY = {  # name -> (module, attribute)
     "RunConfig": ("config", "RunConfig"), "Experiment": ("experiment", "Experiment"),
     "build": ("experiment", "build"), "ESTIMATORS": ("hypergrad", "ESTIMATORS"),
-    "hypergradient": ("hypergrad", "hypergradient"), "PlanError": ("models.trace", "PlanError"),
-    "check_plan": ("models.trace", "check_plan"), "trace_plan": ("models.trace", "trace_plan"),
+    "hypergradient": ("hypergrad", "hypergradient"), "check_plan": ("models.trace", "check_plan"),
+    "trace_plan": ("models.trace", "trace_plan"),
     "BilevelProblem": ("problem", "BilevelProblem"), "Objective": ("problem", "Objective"),
     "RunState": ("rounds", "RunState"), "simulate": ("runtime.simulate", "run"),
     "Axis": ("submodel", "Axis"), "ChannelPlan": ("submodel", "ChannelPlan"),

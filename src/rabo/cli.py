@@ -13,12 +13,14 @@ from typing import Any
 from . import checkpoint, rundir
 from .config import (
     FIELD_TYPES,
+    OPTION_TABLES,
     PHASE_TIMEOUT_MAX,
     ConfigFile,
     RunConfig,
-    apply,
     check_seconds,
     differing_keys,
+    flatten,
+    overlay,
     packaged_config,
     parse_sets,
     parse_value,
@@ -73,6 +75,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         description="Run PROBLEM with a method for T rounds over M simulated clients and write "
                     "config.json, metrics.jsonl and final.safetensors into the run directory. "
                     "Precedence: built-in defaults < --config file < flags < --set.")
+    _run_options(p)
+
+
+def _run_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``p`` with the options of ``rabo run``, which ``rabo flower local`` and ``simulate`` take
+    too."""
     _config_options(p)
     p.add_argument("--method", help=f"method preset: {', '.join(METHODS)} (default: rabo)")
     p.add_argument("--rounds", type=str, help="global iterations T (default: the problem's)")
@@ -92,6 +100,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                         "(simulated faults; default: 0)")
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
                    help="no progress output (a bar on a terminal, plain lines otherwise)")
+    return p
 
 
 def _cost_parser(sub: argparse._SubParsersAction) -> None:
@@ -175,40 +184,38 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     its ``[method.NAME]`` table for the run's method) < flags < --set, every key checked.
     Without --config, the problem's packaged settings (:func:`~rabo.config.packaged_config`)
     take its place."""
-    config = RunConfig()
     file = read_config(args.config) if args.config else ConfigFile()
-    sets = parse_sets(args.set)
-    names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir", "threads", "device", "checkpoint_every",
-             "participation", "fail_prob")
-    flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    sets, flags = parse_sets(args.set), flag_values(args)
     # The problem decides which problem.* options exist, so it is settled first; then the
     # method and the setting (N-way K-shot) that pick the file's tables.
-    problem = sets.get("problem", flags.get("problem", file.base.get("problem", "losstuning")))
-    config.problem = parse_value("problem", problem, str)
+    problem = parse_value("problem", sets.get("problem", flags.get(
+        "problem", file.base.get("problem", "losstuning"))), str)
     if not args.config:  # the problem's packaged run settings, those of `rabo reproduce`
-        file = packaged_config(config.problem)
-    defaults = get_problem(config.problem).options
+        file = packaged_config(problem)
+    defaults = get_problem(problem).options
     options = {k: type(v) for k, v in defaults.items()}
     method = sets.get("method", flags.get("method", file.base.get("method")))
-    probe = RunConfig(problem=config.problem)
-    for values in (file.base, *file.tables(method), flags, sets):
-        apply(probe, values, options)
-    ways, shots = ({**defaults, **probe.problem_options}.get(k) for k in ("ways", "shots"))
+    base, by_method, flags, sets = (flatten(values, options, problem) for values in
+                                    (file.base, file.method_table(method), flags, sets))
+    given = {**base, **by_method, **flags, **sets}
+    ways, shots = (given.get(f"problem.{k}", defaults.get(k)) for k in ("ways", "shots"))
     if file.settings and (ways is None or shots is None):
         raise ConfigError(f"{str(args.config)!r} has [setting.NwKs] tables, for problems with "
-                          f"ways and shots; {config.problem!r} has neither")
-    for values in (file.base, *file.tables(method, ways, shots), flags, sets):
-        apply(config, values, options)
-    return config
+                          f"ways and shots; {problem!r} has neither")
+    setting = flatten(file.setting_table(ways, shots), options, problem)
+    return overlay(RunConfig(problem=problem), {**base, **setting, **by_method, **flags, **sets})
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the command line's flags set: a flag sets the :class:`RunConfig`
+    field its argparse destination is named after (``--fail-prob`` → ``fail_prob``)."""
+    given = vars(args)
+    return {k: given[k] for k in FIELD_TYPES if given.get(k) is not None}
 
 
 def _given(args: argparse.Namespace) -> bool:
     """Whether the command line sets any config value (beyond --resume and display flags)."""
-    names = ("problem", "method", "rounds", "clients", "capacities", "capacity_mode",
-             "capacity_trace", "seed", "data_dir", "threads", "device", "config", "checkpoint_every",
-             "participation", "fail_prob")
-    return bool(args.set) or any(getattr(args, n, None) is not None for n in names)
+    return bool(args.set) or args.config is not None or bool(flag_values(args))
 
 
 def config_from_json(values: Any, source: str) -> RunConfig:
@@ -217,16 +224,17 @@ def config_from_json(values: Any, source: str) -> RunConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"{source} holds no JSON object")
     nullable = {f.name for f in dataclasses.fields(RunConfig) if f.default is None}
-    config = RunConfig()
+    fields = {}
     for key, value in values.items():
-        if key in ("problem_options", "policy_options"):
+        if key in OPTION_TABLES:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key}={value!r} is not of type dict")
-            setattr(config, key, dict(value))
+            fields[key] = dict(value)
         elif key not in FIELD_TYPES:
             raise UnknownNameError(f"key of {source}:", key, FIELD_TYPES)
         elif not (value is None and key in nullable):
-            setattr(config, key, _json_value(f"{source}: {key}", value, FIELD_TYPES[key]))
+            fields[key] = _json_value(f"{source}: {key}", value, FIELD_TYPES[key])
+    config = RunConfig(**fields)
     for key, default in get_problem(config.problem).options.items():
         if config.problem_options.get(key) is not None and default is not None:
             _json_value(f"{source}: problem.{key}", config.problem_options[key], type(default))
@@ -244,35 +252,11 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
     """The experiment of run directory ``--resume DIR``, refusing a changed config (the
     differing keys named), a config.json edited since its checkpoint, a finished run (one
     with its final.safetensors), or a checkpoint of another run."""
-    if not args.resume:
-        raise ConfigError("--resume '' names no run directory; give the directory of the run "
-                          "to continue")
-    out = Path(args.resume)
-    if args.out is not None and args.out.resolve() != out.resolve():
-        raise ConfigError(f"--out {str(args.out)!r} with --resume {str(out)!r}: a resumed run "
-                          f"continues in its own directory; leave out --out")
-    if args.overwrite:
-        raise ConfigError("--overwrite with --resume: resuming keeps the run; leave out one")
-    try:
-        saved = json.loads((out / rundir.CONFIG).read_bytes())
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(f"cannot resume {str(out)!r}: no config.json (not a run directory)") \
-            from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot resume {str(out)!r}: config.json is corrupt "
-                        f"({str(err).splitlines()[0][:80]})") from None
+    out = _resume_dir(args)
+    saved = _saved_config(out)
     meta = checkpoint.peek(out) if (out / checkpoint.FILE).exists() else None
     if meta is not None and meta["config"] != saved:
-        theirs = meta["config"]
-        if not isinstance(saved, dict) or any(theirs.get(k) != saved.get(k)
-                                              for k in ("problem", "method")):
-            raise DataError(f"checkpoint in {str(out)!r} belongs to another run (problem "
-                            f"{theirs.get('problem')!r}, method {theirs.get('method')!r}); it "
-                            f"does not match config.json")
-        edited = sorted(k for k in set(saved) | set(theirs) if saved.get(k) != theirs.get(k))
-        raise DataError(f"config.json of {str(out)!r} was edited after its checkpoint was "
-                        f"written (differs in {', '.join(edited)}); restore it or start again "
-                        f"with --overwrite")
+        _refuse_checkpoint(out, saved, meta["config"])
     exp = build(config_from_json(saved, f"config.json of {str(out)!r}"))
     if _given(args):
         wanted = build(config_from_args(args)).config.to_dict()
@@ -284,6 +268,47 @@ def resumed_experiment(args: argparse.Namespace) -> tuple[Experiment, Path]:
         raise ConfigError(f"run {str(out)!r} is already finished (round {meta['round']} of "
                           f"{exp.config.rounds}); nothing to resume")
     return exp, out
+
+
+def _resume_dir(args: argparse.Namespace) -> Path:
+    """The directory ``--resume`` names, refused with ``--out`` elsewhere or ``--overwrite``."""
+    if not args.resume:
+        raise ConfigError("--resume '' names no run directory; give the directory of the run "
+                          "to continue")
+    out = Path(args.resume)
+    if args.out is not None and args.out.resolve() != out.resolve():
+        raise ConfigError(f"--out {str(args.out)!r} with --resume {str(out)!r}: a resumed run "
+                          f"continues in its own directory; leave out --out")
+    if args.overwrite:
+        raise ConfigError("--overwrite with --resume: resuming keeps the run; leave out one")
+    return out
+
+
+def _saved_config(out: Path) -> Any:
+    """The JSON of run directory ``out``'s config.json; a missing or corrupt one is a
+    one-line DataError."""
+    try:
+        return json.loads((out / rundir.CONFIG).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"cannot resume {str(out)!r}: no config.json (not a run directory)") \
+            from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot resume {str(out)!r}: config.json is corrupt "
+                        f"({str(err).splitlines()[0][:80]})") from None
+
+
+def _refuse_checkpoint(out: Path, saved: Any, theirs: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose config (``theirs``) is not config.json's (``saved``): one of
+    another run, or a config.json edited after the checkpoint was written."""
+    if not isinstance(saved, dict) or any(theirs.get(k) != saved.get(k)
+                                          for k in ("problem", "method")):
+        raise DataError(f"checkpoint in {str(out)!r} belongs to another run (problem "
+                        f"{theirs.get('problem')!r}, method {theirs.get('method')!r}); it "
+                        f"does not match config.json")
+    edited = sorted(k for k in set(saved) | set(theirs) if saved.get(k) != theirs.get(k))
+    raise DataError(f"config.json of {str(out)!r} was edited after its checkpoint was "
+                    f"written (differs in {', '.join(edited)}); restore it or start again "
+                    f"with --overwrite")
 
 
 def _finished(out: Path) -> bool:
@@ -404,8 +429,6 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flower", help="run on Flower: the same client and server steps, as "
                                       "messages between a SuperLink and SuperNodes")
     modes = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
-    run_options = _Parser(add_help=False).add_subparsers(parser_class=_Parser)
-    _run_parser(run_options)
     described = {
         "local": ("start a SuperLink and SuperNodes on 127.0.0.1 and run there",
                   ("Start a SuperLink and N SuperNodes on 127.0.0.1 (node k hosts clients k, "
@@ -420,8 +443,7 @@ def _flower_parser(sub: argparse._SubParsersAction) -> None:
                       "started. Needs pip install 'rabo[flower]' (Flower with its simulation "
                       "extra, Ray). Takes the options of `rabo run`.")),
     }
-    local, simulate = (modes.add_parser(name, parents=[run_options.choices["run"]],
-                                        conflict_handler="resolve", help=short, description=long)
+    local, simulate = (_run_options(modes.add_parser(name, help=short, description=long))
                        for name, (short, long) in described.items())
     local.add_argument("--supernodes", type=int,
                        help="SuperNodes to start, 1 to min(clients, 256) (default: 3)")

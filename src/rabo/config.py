@@ -13,6 +13,8 @@ import os
 import re
 import stat
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -23,7 +25,7 @@ import torch
 
 from .capacity import check_capacities
 from .errors import ConfigError, UnknownNameError, check_positive
-from .methods import METHODS, get_method
+from .methods import METHODS, Method, get_method
 
 PAPER_CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
@@ -68,14 +70,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+OPTION_TABLES = {"problem_options": "problem.", "policy_options": "policy."}
+"""The fields holding a table of options, and the prefix that names one option on the command
+line (``--set problem.rho=100``) or as a flat key."""
+
+
+def _value_type(hint: Any) -> type:
+    """The type a field's value is parsed as: ``int | None`` → int, ``list[float]`` → list."""
+    if isinstance(hint, types.UnionType):
+        (hint,) = (a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
 FIELD_TYPES: dict[str, type] = {
-    "problem": str, "method": str, "rounds": int, "clients": int, "capacities": list,
-    "capacity_mode": str, "capacity_trace": str, "seed": int, "policy": str, "estimator": str, "inner_steps": int,
-    "inner_lr": float, "outer_steps": int, "outer_lr": float, "terms": int, "step": float,
-    "mu": float, "coords": int, "perturb": str, "difference": str, "eval_every": int, "adapt_steps": int,
-    "checkpoint_every": int, "participation": float, "fail_prob": float,
-    "data_dir": str, "threads": int, "device": str, "batch_clients": bool,
-}
+    name: _value_type(hint) for name, hint in typing.get_type_hints(RunConfig).items()
+    if name not in OPTION_TABLES}
+"""Each settable field of :class:`RunConfig` and the type its value is parsed as, derived
+from the dataclass's own annotations."""
 RUN_DEFAULTS: dict[str, Any] = {
     "rounds": None, "inner_steps": None, "inner_lr": None, "outer_steps": None,
     "outer_lr": None, "terms": None, "step": None, "mu": None, "eval_every": None,
@@ -200,7 +211,15 @@ class ConfigFile:
                shots: int | None = None) -> list[dict[str, Any]]:
         """The tables to apply after the base, in order, for a run of ``method`` with ``ways``
         and ``shots`` (empty where the file has none)."""
-        return [self.settings.get(f"{ways}w{shots}s", {}), self.methods.get(method or "", {})]
+        return [self.setting_table(ways, shots), self.method_table(method)]
+
+    def setting_table(self, ways: int | None, shots: int | None) -> dict[str, Any]:
+        """The ``[setting.NwKs]`` table of N = ``ways``, K = ``shots`` (empty without one)."""
+        return self.settings.get(f"{ways}w{shots}s", {})
+
+    def method_table(self, method: str | None) -> dict[str, Any]:
+        """The ``[method.NAME]`` table of ``method`` (empty without one)."""
+        return self.methods.get(method or "", {})
 
 
 def split_config(values: dict[str, Any], source: str | Path) -> ConfigFile:
@@ -243,26 +262,48 @@ def packaged_config(problem: str) -> ConfigFile:
     return read_config(resources.files("rabo") / "configs" / name)
 
 
-def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> None:
-    """Set fields from a mapping: plain keys, "problem.rho" / "policy.rotate" keys, or the TOML
-    tables ``[problem_options]`` and ``[policy_options]``."""
+def flatten(values: dict[str, Any], option_types: dict[str, type],
+            problem: str | None) -> dict[str, Any]:
+    """One layer of config values (a TOML file's, the flags', the --set pairs') as flat keys
+    with parsed values: field names, and "problem.KEY" / "policy.KEY" for the options, given so
+    or in the tables ``[problem_options]`` and ``[policy_options]``. An unknown key or a value
+    not of its type is a one-line error; ``problem`` (its ``option_types``) names it."""
+    flat: dict[str, Any] = {}
     for key, value in values.items():
-        if key == "problem_options" and isinstance(value, dict):
-            apply(config, {f"problem.{k}": v for k, v in value.items()}, option_types)
-        elif key == "policy_options" and isinstance(value, dict):
-            apply(config, {f"policy.{k}": v for k, v in value.items()}, option_types)
+        if key in OPTION_TABLES and isinstance(value, dict):
+            prefix = OPTION_TABLES[key]
+            flat.update(flatten({prefix + k: v for k, v in value.items()}, option_types,
+                                problem))
         elif key.startswith("policy."):
-            config.policy_options[key.removeprefix("policy.")] = parse_json(key, value)
+            flat[key] = parse_json(key, value)
         elif key.startswith("problem."):
             opt = key.removeprefix("problem.")
             if opt not in option_types:
-                raise UnknownNameError(f"option of problem {config.problem!r}:", opt, option_types)
-            config.problem_options[opt] = parse_value(key, value, option_types[opt])
+                raise UnknownNameError(f"option of problem {problem!r}:", opt, option_types)
+            flat[key] = parse_value(key, value, option_types[opt])
         elif key in FIELD_TYPES:
-            setattr(config, key, parse_value(key, value, FIELD_TYPES[key]))
+            flat[key] = parse_value(key, value, FIELD_TYPES[key])
         else:
             raise UnknownNameError("config key", key,
                                    list(FIELD_TYPES) + [f"problem.{k}" for k in option_types])
+    return flat
+
+
+def overlay(config: RunConfig, flat: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with the flat values of :func:`flatten` set (an option added to or
+    replacing those ``config`` has); ``config`` itself is left as it is."""
+    def options(prefix: str) -> dict[str, Any]:
+        return {k.removeprefix(prefix): v for k, v in flat.items() if k.startswith(prefix)}
+
+    fields = {k: v for k, v in flat.items() if "." not in k}
+    return dataclasses.replace(
+        config, **fields, problem_options={**config.problem_options, **options("problem.")},
+        policy_options={**config.policy_options, **options("policy.")})
+
+
+def apply(config: RunConfig, values: dict[str, Any], option_types: dict[str, type]) -> RunConfig:
+    """A copy of ``config`` with the values of one layer set (:func:`flatten`)."""
+    return overlay(config, flatten(values, option_types, config.problem))
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -291,50 +332,72 @@ def check_seconds(name: str, value: Any, most: float = math.inf) -> float:
     return seconds
 
 
+INTEGERS = ("rounds", "clients", "inner_steps", "outer_steps", "eval_every")
+STEP_SIZES = ("inner_lr", "outer_lr")
+
+
 def resolve(config: RunConfig, problem_defaults: dict[str, Any],
             source: str = "the problem") -> RunConfig:
-    """Fill every ``None`` from the method preset and the problem's defaults (those of
-    ``source``, for error messages), and validate."""
+    """``config`` with every ``None`` filled from the method preset and the problem's defaults
+    (those of ``source``, for error messages), validated; ``config`` itself is left as it is."""
     method = get_method(config.method)
     method.check_problem(config.problem)
     for key, value in method.problem_options.items():
         if config.problem_options.get(key, value) != value:
             raise ConfigError(f"problem.{key}={config.problem_options[key]!r} contradicts method "
                               f"{method.name!r}, which needs {key}={value!r}")
-    out = dataclasses.replace(config, problem_options={**config.problem_options,
-                                                       **method.problem_options},
-                              policy_options=dict(config.policy_options))
-    if out.policy is None:
-        out.policy = method.policy
-    if out.estimator is None:
-        out.estimator = method.estimator
-    for key, fallback in RUN_DEFAULTS.items():
-        if getattr(out, key) is None:
-            setattr(out, key, problem_defaults.get(key, fallback))
-        if getattr(out, key) is None:
+    out = _filled(config, method, problem_defaults, source)
+    _check_sizes(out)
+    _check_choices(out)
+    capacities = check_capacities(out.capacities)
+    if len(capacities) > out.clients and out.capacity_trace is None:
+        raise ConfigError(f"{len(capacities)} capacities for {out.clients} clients; "
+                          f"give at most one per client")
+    return dataclasses.replace(out, capacities=capacities)
+
+
+def _filled(config: RunConfig, method: Method, problem_defaults: dict[str, Any],
+            source: str) -> RunConfig:
+    """``config`` with the method's problem options, policy and estimator, the problem's
+    defaults (:data:`RUN_DEFAULTS`) where it sets none, and a checkpoint every evaluation
+    unless it says otherwise; a run setting that neither gives is a one-line error."""
+    unset = {key: problem_defaults.get(key, fallback) for key, fallback in RUN_DEFAULTS.items()
+             if getattr(config, key) is None}
+    for key, value in unset.items():
+        if value is None:
             raise ConfigError(f"{key} is not set: give it (--set {key}=VALUE) or put it in the "
                               f"defaults of {source}")
-    for key in ("rounds", "clients", "inner_steps", "outer_steps", "eval_every"):
-        check_positive(key, getattr(out, key), integer=True)
-    for key, most in MAXIMA.items():
-        if getattr(out, key) is not None and getattr(out, key) > most:
-            raise ConfigError(f"{key}={getattr(out, key)!r} is not allowed; at most {most:,}")
-    for key in ("inner_lr", "outer_lr"):
-        check_positive(key, getattr(out, key))
+    out = dataclasses.replace(
+        config, **unset, problem_options={**config.problem_options, **method.problem_options},
+        policy_options=dict(config.policy_options),
+        policy=method.policy if config.policy is None else config.policy,
+        estimator=method.estimator if config.estimator is None else config.estimator)
     if out.checkpoint_every is None:
-        out.checkpoint_every = out.eval_every
-    check_positive("checkpoint_every", out.checkpoint_every, integer=True)
-    if not (math.isfinite(out.participation) and 0.0 < out.participation <= 1.0):
-        raise ConfigError(f"participation={out.participation!r} is outside (0, 1]")
-    if not (math.isfinite(out.fail_prob) and 0.0 <= out.fail_prob < 1.0):
-        raise ConfigError(f"fail_prob={out.fail_prob!r} is outside [0, 1)")
-    if out.threads is not None:
-        check_positive("threads", out.threads, integer=True)
-    check_device(out.device)
-    if out.seed < 0:
-        raise ConfigError(f"seed={out.seed!r} is not allowed; seed must be an integer ≥ 0")
-    out.capacities = check_capacities(out.capacities)
-    if len(out.capacities) > out.clients and out.capacity_trace is None:
-        raise ConfigError(f"{len(out.capacities)} capacities for {out.clients} clients; "
-                          f"give at most one per client")
+        out = dataclasses.replace(out, checkpoint_every=out.eval_every)
     return out
+
+
+def _check_sizes(cfg: RunConfig) -> None:
+    """Counts are integers ≥ 1 and at most their :data:`MAXIMA`; step sizes finite and > 0."""
+    for key in INTEGERS:
+        check_positive(key, getattr(cfg, key), integer=True)
+    for key, most in MAXIMA.items():
+        if getattr(cfg, key) is not None and getattr(cfg, key) > most:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not allowed; at most {most:,}")
+    for key in STEP_SIZES:
+        check_positive(key, getattr(cfg, key))
+    check_positive("checkpoint_every", cfg.checkpoint_every, integer=True)
+
+
+def _check_choices(cfg: RunConfig) -> None:
+    """Probabilities in their ranges, names among the allowed, the device available, optional
+    counts ≥ 1 where given and the seed ≥ 0."""
+    if not (math.isfinite(cfg.participation) and 0.0 < cfg.participation <= 1.0):
+        raise ConfigError(f"participation={cfg.participation!r} is outside (0, 1]")
+    if not (math.isfinite(cfg.fail_prob) and 0.0 <= cfg.fail_prob < 1.0):
+        raise ConfigError(f"fail_prob={cfg.fail_prob!r} is outside [0, 1)")
+    if cfg.threads is not None:
+        check_positive("threads", cfg.threads, integer=True)
+    check_device(cfg.device)
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} is not allowed; seed must be an integer ≥ 0")

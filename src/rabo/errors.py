@@ -25,6 +25,11 @@ class UnknownNameError(ConfigError):
         self.kind, self.name, self.allowed = kind, name, allowed
 
 
+class PlanError(ConfigError):
+    """A channel plan that is inconsistent or does not fit its model, or a model whose plan
+    cannot be derived."""
+
+
 class DataError(RaboError):
     """A data directory or file is missing, truncated or malformed."""
 

@@ -282,9 +282,9 @@ def fewshot_base(data_dir: str | None, quick: bool, seed: int, config: Path | No
     base = RunConfig(problem="fewshot", clients=10, capacities=list(PAPER_CAPACITIES), seed=seed,
                      data_dir=data_dir)
     file = read_config(config) if config is not None else packaged_config("fewshot")
-    apply(base, file.base, FEWSHOT_OPTIONS)
+    base = apply(base, file.base, FEWSHOT_OPTIONS)
     if quick:
-        apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)
+        base = apply(base, QUICK_FEWSHOT, FEWSHOT_OPTIONS)
     if validate:
         base.problem_options["validate"] = True
     base.seed = seed
@@ -303,7 +303,7 @@ def setting(base: RunConfig, name: str, file: ConfigFile | None = None,
     config = dataclasses.replace(base, problem_options={**base.problem_options, "ways": ways,
                                                         "shots": shots}, **changes)
     for values in (file or ConfigFile()).tables(config.method, ways, shots):
-        apply(config, values, FEWSHOT_OPTIONS)
+        config = apply(config, values, FEWSHOT_OPTIONS)
     return config
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, PlanError
 
 Params = dict[str, Tensor]
 SubmodelIndex = dict[str, Tensor]
@@ -50,7 +50,10 @@ class ChannelPlan:
         for name, axes in self.dims.items():
             for axis in axes:
                 if axis is not None and axis.group not in self.groups:
-                    raise ValueError(f"tensor {name!r} follows unknown group {axis.group!r}")
+                    known = ", ".join(sorted(self.groups)) or "none"
+                    raise PlanError(f"ChannelPlan: tensor {name!r} follows group "
+                                    f"{axis.group!r}, which is not one of its groups "
+                                    f"(known: {known})")
 
     # --- index sets -------------------------------------------------------------------------
     def full_index(self) -> SubmodelIndex:
@@ -130,6 +133,7 @@ def vector_plan(params: Params, group_of: dict[str, str] | None = None) -> Chann
     for name, p in params.items():
         g = group_of.get(name, name)
         if groups.setdefault(g, p.shape[0]) != p.shape[0]:
-            raise ValueError(f"tensors sharing group {g!r} disagree on its size")
+            raise PlanError(f"tensors sharing group {g!r} disagree on its size: {groups[g]} "
+                            f"and {p.shape[0]} ({name!r})")
         dims[name] = (Axis(g),)
     return ChannelPlan(groups, dims)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import PlanError
 from ..submodel import Axis, ChannelPlan
 from .trace import output_axis, trace_plan
 
@@ -76,9 +77,9 @@ def merge_plans(*plans: ChannelPlan) -> ChannelPlan:
     for plan in plans:
         for g, c in plan.groups.items():
             if groups.setdefault(g, c) != c:
-                raise ValueError(f"channel group {g!r} has {groups[g]} channels in one plan, "
-                                 f"{c} in another")
+                raise PlanError(f"channel group {g!r} has {groups[g]} channels in one plan, "
+                                f"{c} in another")
         for name, axes in plan.dims.items():
             if dims.setdefault(name, axes) != axes:
-                raise ValueError(f"tensor {name!r} has different axes in two plans")
+                raise PlanError(f"tensor {name!r} has different axes in two plans")
     return ChannelPlan(groups, dims)

@@ -29,12 +29,8 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import ConfigError
+from ..errors import PlanError
 from ..submodel import Axis, ChannelPlan, SubmodelIndex, width
-
-
-class PlanError(ConfigError):
-    """A model whose channel plan cannot be derived, or a plan that does not fit its model."""
 
 
 @dataclass(frozen=True)
@@ -305,10 +301,13 @@ def _plan(t: _Tracer, model: nn.Module, result: _Label | None,
 
 def check_plan(model: nn.Module, plan: ChannelPlan, example_inputs: Sequence[Tensor] | Tensor,
                capacities: Sequence[float] = (0.5, 0.25), seed: int = 0,
-               output: Axis | None = None, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+               output: Axis | None = None, rtol: float = 1e-4, atol: float = 1e-6) -> None:
     """Raise a one-line :class:`PlanError` unless a random submodel per capacity computes what
     the full model computes with every pruned coordinate zeroed (at the kept output columns:
-    ``output`` is the group the output features follow, None when they stay full). Checks
+    ``output`` is the group the output features follow, None when they stay full), to within
+    ``atol + rtol · max |full output|`` everywhere: the sliced and the zeroed forward sum in
+    other orders (float32 differences up to 5e-6 of the output's scale on ResNet-12), while a
+    wrong plan changes outputs by a share of their scale. Checks
     first that each group's size matches its tensors and that no BatchNorm keeps running
     statistics; on a mismatch, prunes each group alone to name the group at fault."""
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
@@ -382,8 +381,9 @@ def _mismatch(model: nn.Module, plan: ChannelPlan, params: dict[str, Tensor],
     if got.shape != want.shape:
         return (f"gives output shape {list(got.shape)} where the full model's kept outputs have "
                 f"{list(want.shape)}")
-    if not torch.allclose(got, want, rtol=rtol, atol=atol):
+    difference, scale = (got - want).abs().max().item(), want.abs().max().item()
+    if not difference <= atol + rtol * scale:
         return (f"computes other values than the full model with its pruned channels zeroed "
-                f"(max difference {(got - want).abs().max().item():.3g}): a tensor coupled to "
-                f"its channels is in another group")
+                f"(max difference {difference:.3g} on outputs up to {scale:.3g}): a tensor "
+                f"coupled to its channels is in another group")
     return None

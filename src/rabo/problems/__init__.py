@@ -35,8 +35,11 @@ def get_problem(name: str) -> type[BilevelProblem]:
     if found is None:
         raise ConfigError(f"problem {name!r}: {where!r} has no attribute {attr!r}")
     if not (isinstance(found, type) and issubclass(found, BilevelProblem)):
-        raise ConfigError(f"problem {name!r}: {attr} is not a subclass of rabo.BilevelProblem "
-                          f"(it is of type {type(found).__name__})")
+        what = "is not a subclass of rabo.BilevelProblem" if isinstance(found, type) else \
+            f"is a {type(found).__name__}, not a class"
+        raise ConfigError(f"problem {name!r}: {attr} {what}; expected a class declared as "
+                          f"`class {attr}(rabo.BilevelProblem)` and built as "
+                          f"{attr}(clients, seed, data_dir, **options)")
     return found
 
 
