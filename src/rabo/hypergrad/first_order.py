@@ -3,14 +3,14 @@ submodel baselines (HeteroFL "Static", FedRolex, FIARSE, OAP) do (docs/algorithm
 
 from __future__ import annotations
 
-from ..problem import Batch, Objective
+from ..problem import Objective, Task
 from ..submodel import Params
-from ._common import Estimate, Options, flat_grad, leaves, unflatten, value
+from ._common import Estimate, Options, flat_grad, leaves, one_step, unflatten, value
 
 
-def first_order(problem: Objective, x: Params, y: Params, batch: Batch, opts: Options) -> Estimate:
-    """ĥ = ∇_x f(x, y), y held fixed. f is evaluated once, so the plain ``outer_loss`` serves (a
-    problem's ``features`` may also compute the inner data's, which f does not need)."""
+def first_order(problem: Objective, x: Params, y: Params, task: Task, opts: Options) -> Estimate:
+    """ĥ = ∇_x f(x, y) on the task's batch of f, y held fixed. f is evaluated once, so the
+    plain ``outer_loss`` serves."""
     xl = leaves(x, True)
-    f = problem.outer_loss(xl, leaves(y), batch)
+    f = problem.outer_loss(xl, leaves(y), one_step(task)[1])
     return unflatten(flat_grad(f, xl.values()), x), value(f)
