@@ -79,7 +79,8 @@ class HyperCleaning(rabo.BilevelProblem):
         pos = torch.as_tensor(self.shards[client])
         train = (self.train[0][pos], self.train[1][pos], pos)
         v = torch.as_tensor(self.val_shards[client])
-        return [rabo.Task((train,), (self.val[0][v], self.val[1][v]) if phase == "outer" else None)]
+        val = (self.val[0][v], self.val[1][v])
+        return [rabo.Task((train,), val if phase == "outer" else None)]
 
     def cost_key(self, client: int) -> tuple[int, int]:
         return len(self.shards[client]), len(self.val_shards[client])

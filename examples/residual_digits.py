@@ -28,6 +28,8 @@ from torch.func import functional_call
 import rabo
 from rabo.data import load_digits_arrays
 
+Batch = tuple[Tensor, Tensor]  # images and labels
+
 
 class Residual(nn.Module):
     """conv-BN-ReLU-conv-BN plus the input (or a 1×1 conv + BN when the width changes)."""
@@ -113,11 +115,11 @@ class ResidualDigits(rabo.BilevelProblem):
         images, labels = data
         return F.cross_entropy(functional_call(self.net, {**x, **y}, (images,)), labels)
 
-    def inner_loss(self, x: rabo.Params, y: rabo.Params, data: tuple[Tensor, Tensor]) -> Tensor:
+    def inner_loss(self, x: rabo.Params, y: rabo.Params, data: Batch) -> Tensor:
         l2 = sum((p * p).sum() for p in y.values())
         return self._loss(x, y, data) + 0.5 * float(self.opts["lam"]) * l2
 
-    def outer_loss(self, x: rabo.Params, y: rabo.Params, data: tuple[Tensor, Tensor]) -> Tensor:
+    def outer_loss(self, x: rabo.Params, y: rabo.Params, data: Batch) -> Tensor:
         return self._loss(x, y, data)
 
     def evaluate(self, x: rabo.Params, y: rabo.Params, final: bool) -> dict[str, float]:

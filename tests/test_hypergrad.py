@@ -181,7 +181,8 @@ def logistic():
 
 @pytest.mark.parametrize("name", IMPLICIT)
 def test_estimators_match_logistic_implicit_gradient(logistic, name):
-    h = hypergradient(logistic, logistic.x, logistic.y, NO_DATA, name, terms=60, step=logistic.step)
+    h = hypergradient(logistic, logistic.x, logistic.y, NO_DATA, name, terms=60,
+                      step=logistic.step)
     assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
 
 
@@ -204,7 +205,8 @@ def test_forward_differences_take_fewer_flops_than_central():
     counts = {}
     for difference in ("central", "forward"):
         with FlopCounterMode(display=False) as counter:
-            hypergradient(p, p.x, p.y, NO_DATA, "fd-dir", terms=5, step=0.5, difference=difference)
+            hypergradient(p, p.x, p.y, NO_DATA, "fd-dir", terms=5, step=0.5,
+                          difference=difference)
         counts[difference] = counter.get_total_flops()
     assert counts["forward"] < counts["central"]
 
@@ -217,8 +219,8 @@ def test_fd_blocks_average_to_full_estimate_over_a_cycle(perturb, k):
     n = 4 if perturb == "x" else 6
     full = vec(hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, **opts), X_ORDER)
     cycle = n // math.gcd(n, k)
-    blocks = [vec(hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, coords=k, t=t, **opts),
-                  X_ORDER) for t in range(cycle)]
+    blocks = [vec(hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, coords=k, t=t,
+                                **opts), X_ORDER) for t in range(cycle)]
     assert rel_err(torch.stack(blocks).mean(0), full) <= 1e-8
     assert rel_err(blocks[0], full) > 1e-3  # one block alone is a different estimate
 

@@ -56,7 +56,8 @@ class ConvHead(Objective):
         return F.cross_entropy(logits, data["labels"]) + 0.5 * self.lam * l2
 
     def _outer(self, feats, y, data):
-        return F.cross_entropy(F.linear(feats, y["head.weight"], y["head.bias"]), data["labels"])
+        logits = F.linear(feats, y["head.weight"], y["head.bias"])
+        return F.cross_entropy(logits, data["labels"])
 
     def inner_loss(self, x, y, data):
         self.calls["inner_loss"] += 1
@@ -82,7 +83,8 @@ class ConvHeadSplit(ConvHead):
 
 
 def estimate(problem: ConvHead, name: str, **kwargs) -> dict:
-    return hypergradient(problem, problem.x, problem.y, problem.task, name, **OPTIONS, **kwargs)
+    return hypergradient(problem, problem.x, problem.y, problem.task, name, **OPTIONS,
+                         **kwargs)
 
 
 def counted_flops(problem: ConvHead, name: str) -> tuple[int, dict]:

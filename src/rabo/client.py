@@ -60,9 +60,9 @@ def inner_objective(problem: Objective, x: Params, data: Batch) -> Callable[[Par
 
 def descend(problem: Objective, x: Params, y: Params, task: Task, steps: int,
             lr: float) -> tuple[Params, list[Tensor]]:
-    """``steps`` gradient steps on y, ỹ^{k+1} = ỹ^k − η ∇_y g(x̃, ỹ^k; ξ_k) (eq 5), step k on the
-    task's batch of g :meth:`~rabo.Task.inner_index` (its own, or the one all steps reuse: its
-    features are computed once). An empty y (ProtoNet, MAML: everything learned is x) has
+    """``steps`` gradient steps ỹ^{k+1} = ỹ^k − η ∇_y g(x̃, ỹ^k; ξ_k) (eq 5), ξ_k the task's
+    batch of g :meth:`~rabo.Task.inner_index` (the step's own, or the one all steps reuse),
+    whose features are computed once. An empty y (ProtoNet, MAML: everything learned is x) has
     nothing to descend: a no-op."""
     y = {n: p.detach() for n, p in y.items()}
     if not y:
@@ -87,10 +87,10 @@ def phase_data(problem: BilevelProblem, phase: str, index: SubmodelIndex, client
     each)."""
     rng = client_rng(seed, round, client, phase)
     steps, draws = (settings.inner_steps, 1) if phase == "inner" else (1, settings.outer_steps)
-    data = [[task.map(lambda batch: problem.restrict(batch, index))
-             for task in checked_tasks(problem, phase, steps,
-                                       problem.sample(client, phase, rng, steps))]
-            for _ in range(draws)]
+    data = []
+    for _ in range(draws):
+        tasks = checked_tasks(problem, phase, steps, problem.sample(client, phase, rng, steps))
+        data.append([task.map(lambda batch: problem.restrict(batch, index)) for task in tasks])
     return to_device(data, settings.device)
 
 
@@ -104,7 +104,8 @@ def checked_tasks(problem: BilevelProblem, phase: str, steps: int, tasks: Any) -
     for task in tasks:
         if len(task.inner) not in (1, steps):
             raise ConfigError(f"{call} returned a task with {len(task.inner)} batches of g; a "
-                              f"task holds one per step ({steps}) or one that every step reuses")
+                              f"task holds one per step ({steps}) or one that every step "
+                              f"reuses")
         if phase == "outer" and task.outer is None:
             raise ConfigError(f"{call} returned a task without f's data (Task.outer is None)")
     return tasks

@@ -83,9 +83,10 @@ class Task:
                     None if self.outer is None else function(self.outer))
 
 
-register_pytree_node(  # tasks move to a device and stack leaf by leaf; no f data, no leaf
-    Task, lambda t: ((t.inner,), None) if t.outer is None else ((t.inner, t.outer), True),
-    lambda children, has_outer: Task(*children))
+# A pytree node whose leaves are its batches' (a missing f batch has none), so tasks move to a
+# device and stack leaf by leaf.
+register_pytree_node(Task, lambda t: ([t.inner] if t.outer is None else [t.inner, t.outer], None),
+                     lambda children, _: Task(*children))
 
 
 class Objective:

@@ -1,12 +1,13 @@
 """Clients whose submodels have the same shapes, run as one (docs/algorithm.md §2 client steps,
 batched).
 
-G clients' x̃_i, ỹ_i and tasks are stacked on a new leading dimension and the problem's losses
-are vmapped over it (:func:`vmap_clients`, :class:`~rabo.problem.Losses`): each loss is the vector of
-the G clients' losses, and its derivatives are those of the sum, which keep the clients apart
-because their parameters are disjoint. A convolution of G stacked weight sets becomes one
-grouped convolution, so ten small submodels cost about one call each layer instead of ten. The client step itself is the
-sequential one (:func:`rabo.client.client_step`), unchanged.
+G clients' x̃_i, ỹ_i and tasks are stacked on a new leading dimension and the problem's
+losses are vmapped over it (:func:`vmap_clients`, :class:`~rabo.problem.Losses`): each loss
+is the vector of the G clients' losses, and its derivatives are those of the sum, which keep
+the clients apart because their parameters are disjoint. A convolution of G stacked weight
+sets becomes one grouped convolution, so ten small submodels cost about one call each layer
+instead of ten. The client step itself is the sequential one
+(:func:`rabo.client.client_step`), unchanged.
 
 Only estimators that act on each client's block alone batch this way (:data:`BLOCKWISE`): CG's
 step sizes, ``fd``'s step lengths and ``fd-dir``'s directions use norms or draws over the whole
@@ -32,7 +33,7 @@ BLOCKWISE = (None, "neumann", "first-order")
 
 
 def can_stack(problem: BilevelProblem, settings: ClientSettings) -> bool:
-    """Whether this problem's losses vmap (its ``stackable``) and the estimator is blockwise."""
+    """Whether the problem's losses vmap (its ``stackable``) and the estimator is blockwise."""
     return problem.stackable and settings.estimator in BLOCKWISE
 
 
@@ -69,7 +70,8 @@ def stacked_step(problem: BilevelProblem, phase: str, jobs: Sequence[Job], round
                   for job in jobs])
     x = stack([job.x for job in jobs])
     y = stack([job.y for job in jobs])
-    delta, losses = client_step(Losses(problem, vmap_clients), phase, x, y, data, round, settings)
+    delta, losses = client_step(Losses(problem, vmap_clients), phase, x, y, data, round,
+                                settings)
     losses = torch.as_tensor(losses).expand(len(jobs))
     return [({n: d[i] for n, d in delta.items()}, float(losses[i])) for i in range(len(jobs))]
 

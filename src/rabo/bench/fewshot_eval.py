@@ -32,7 +32,8 @@ def loop_query_logits(problem: FewShot, x: Params, y: Params, task: Episode) -> 
         return F.linear(feats[1], head["head.weight"], head["head.bias"])
 
 
-def loop_accuracies(problem: FewShot, x: Params, y: Params, tasks: list[Episode]) -> np.ndarray:
+def loop_accuracies(problem: FewShot, x: Params, y: Params,
+                    tasks: list[Episode]) -> np.ndarray:
     """Per-episode query accuracies of :func:`loop_query_logits`, one episode after another."""
     return np.array([float((loop_query_logits(problem, x, y, t).argmax(-1)
                             == t["query_labels"]).float().mean()) for t in tasks])

@@ -1,8 +1,9 @@
 """Hypergradient estimators ĥ ≈ ∇F = ∇_x f − J H⁻¹ ∇_y f (eq 9, docs/algorithm.md §3), one
 module each, chosen by name from :data:`ESTIMATORS` and called through :func:`hypergradient`.
 
-Each takes a :class:`~rabo.problem.Objective` and one :class:`~rabo.Task` holding one batch of g
-(``inner``) and one of f (``outer``): g is evaluated only on the first, f only on the second.
+Each takes a :class:`~rabo.problem.Objective` and one :class:`~rabo.Task` holding one batch
+of g (``inner``) and one of f (``outer``): g is evaluated only on the first, f only on the
+second.
 A problem's features are computed once per call where it has them (``features`` not None: see
 :class:`~rabo.problem.Objective`); otherwise the plain losses run, the same code with
 features(x) = x (:class:`~rabo.hypergrad._common.Split`).

@@ -8,7 +8,8 @@ from ..submodel import Params
 from ._common import Estimate, Options, flat_grad, leaves, one_step, unflatten, value
 
 
-def first_order(problem: Objective, x: Params, y: Params, task: Task, opts: Options) -> Estimate:
+def first_order(problem: Objective, x: Params, y: Params, task: Task,
+                opts: Options) -> Estimate:
     """ĥ = ∇_x f(x, y) on the task's batch of f, y held fixed. f is evaluated once, so the
     plain ``outer_loss`` serves."""
     xl = leaves(x, True)
