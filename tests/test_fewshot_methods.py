@@ -146,7 +146,7 @@ def test_default_neumann_step_is_stable_on_trained_feature_scales():
     """Regression: at η_N = 0.1 the Neumann series diverges once trained Conv-4 features reach
     ‖φ‖ ≈ 12–13 (λ_max(∇²_yy g) 21–25 measured on training tasks). Here: non-negative features
     of norm 13, 5w5s; every Neumann term must shrink."""
-    from rabo.hypergrad.solvers import neumann_solve
+    from rabo.hypergrad.neumann import neumann_solve
 
     problem = synthetic(ways=5, shots=5)
     _, y = problem.init_params(0)

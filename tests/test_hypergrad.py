@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rabo import RunConfig, build
 from rabo.errors import ConfigError, UnknownNameError
-from rabo.hypergrad import ESTIMATORS, estimate, hypergradient
+from rabo.hypergrad import ESTIMATORS, EstimatorOptions, estimate, hypergradient
 from rabo.problem import Objective, Task
 
 IMPLICIT = ["neumann", "cg", "fd", "fd-dir"]
@@ -306,6 +308,9 @@ def test_result_has_x_keys_and_shapes_and_no_grad(name):
     ({"coords": 0}, ConfigError, "coords=0"),
     ({"perturb": "z"}, ConfigError, "perturb='z'"),
     ({"difference": "backward"}, ConfigError, "difference='backward'"),
+    ({"terms": 100_001}, ConfigError, "terms=100001 is not allowed; at most 100,000"),
+    ({"step": True}, ConfigError, "step=True"),
+    ({"t": 1.5}, ConfigError, "t=1.5"),
 ])
 def test_bad_options_raise_config_errors(kwargs, error, text):
     q = Quadratic()
@@ -327,8 +332,35 @@ def test_flop_counter_sees_every_estimator():
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_estimate_returns_the_outer_loss_it_evaluated(name):
     problem = Quadratic()
-    h, f = estimate(problem, problem.x, problem.y, NO_DATA, name, **quad_options(problem))
+    options = EstimatorOptions(**quad_options(problem))
+    h, f = estimate(problem, problem.x, problem.y, NO_DATA, name, options)
     assert f == pytest.approx(float(problem.outer_loss(problem.x, problem.y, None)), rel=1e-12)
     assert all(torch.equal(h[n], g) for n, g in
                hypergradient(problem, problem.x, problem.y, NO_DATA, name,
                              **quad_options(problem)).items())
+
+
+def test_options_normalize_numbers_to_int_and_float():
+    options = EstimatorOptions(np.int64(3), np.float32(0.5), 1, np.int16(2))
+    assert (options.terms, options.step, options.mu, options.coords) == (3, 0.5, 1.0, 2)
+    assert [type(v) for v in (options.terms, options.step, options.mu, options.coords)] == \
+        [int, float, float, int]
+
+
+@pytest.mark.parametrize("field,value", [("terms", 0), ("mu", float("inf")), ("coords", 0),
+                                         ("perturb", "z"), ("difference", "backward")])
+def test_a_run_config_and_the_public_call_refuse_an_option_with_one_message(field, value):
+    """One validator: ``rabo run``'s config and ``rabo.hypergradient`` say the same thing."""
+    with pytest.raises(ConfigError) as from_config:
+        build(RunConfig(problem="quadratic", **{field: value}))
+    q = Quadratic()
+    with pytest.raises(ConfigError) as from_call:
+        hypergradient(q, q.x, q.y, NO_DATA, **{field: value})
+    assert str(from_config.value) == str(from_call.value)
+    assert str(from_call.value).startswith(f"{field}={value!r} is not allowed")
+
+
+def test_a_run_carries_its_estimator_options_to_the_clients():
+    exp = build(RunConfig(problem="quadratic", terms=7, step=0.25, mu=0.01, coords=3,
+                          perturb="y", difference="forward"))
+    assert exp.settings.estimator_options == EstimatorOptions(7, 0.25, 0.01, 3, "y", "forward")

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_map_only
 
 from .errors import ConfigError
-from .hypergrad import estimate
+from .hypergrad import EstimatorOptions, estimate
 from .problem import Batch, BilevelProblem, Losses, Objective, Task
 from .submodel import Params, SubmodelIndex
 
@@ -37,7 +37,7 @@ class ClientSettings:
     outer_steps: int
     outer_lr: float
     estimator: str | None
-    estimator_options: dict[str, Any] = field(default_factory=dict)
+    estimator_options: EstimatorOptions = field(default_factory=EstimatorOptions)
     adapt_steps: int = 0
     device: str = "cpu"
 
@@ -142,8 +142,8 @@ def outer_update(problem: Objective, x: Params, y: Params, data: list[list[Task]
         grads = []
         for task in tasks:
             yt = descend(problem, xk, y, task, settings.adapt_steps, settings.inner_lr)[0]
-            h, f = estimate(problem, xk, yt, task, settings.estimator, t=round,
-                            **settings.estimator_options)
+            h, f = estimate(problem, xk, yt, task, settings.estimator,
+                            settings.estimator_options, round)
             grads.append(h)
             losses.append(f)
         xk = {n: p - settings.outer_lr * torch.stack([g[n] for g in grads]).mean(0)

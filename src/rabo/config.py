@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from .capacity import check_capacities
-from .errors import ConfigError, UnknownNameError
-from .hypergrad import DIFFERENCES, PERTURB
+from .errors import ConfigError, UnknownNameError, check_positive
 from .methods import METHODS, get_method
 
 PAPER_CAPACITIES = [1.0, 0.5, 0.25, 0.125, 0.0625]
@@ -86,8 +85,9 @@ the config or the problem must give it)."""
 
 
 MAXIMA: dict[str, int] = {"clients": 100_000, "threads": 4096,
-                          "inner_steps": 100_000, "outer_steps": 100_000, "terms": 100_000}
-"""The documented upper bounds of the counts (beyond them a run cannot fit or finish)."""
+                          "inner_steps": 100_000, "outer_steps": 100_000}
+"""The documented upper bounds of the counts (beyond them a run cannot fit or finish); terms':
+:class:`~rabo.hypergrad.EstimatorOptions`."""
 
 
 def check_device(device: str) -> None:
@@ -275,14 +275,6 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _positive(name: str, value: float, integer: bool) -> None:
-    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) if integer \
-        else (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
-    if not ok:
-        allowed = "an integer ≥ 1" if integer else "a finite number > 0"
-        raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
-
-
 # The most seconds a Flower run waits for a phase's replies (``--timeout``): a day; Flower
 # refuses messages whose time to live ends after the year 9999.
 PHASE_TIMEOUT_MAX = 86_400.0
@@ -292,7 +284,7 @@ def check_seconds(name: str, value: Any, most: float = math.inf) -> float:
     """``value`` (a flag's text or a run config's number) as seconds, refused unless a finite
     number > 0 and at most ``most``."""
     seconds = parse_value(name, value, float)
-    _positive(name, seconds, integer=False)
+    check_positive(name, seconds)
     if seconds > most:
         raise ConfigError(f"{name}={seconds!r} is not allowed; {name} must be a number of "
                           f"seconds > 0 and ≤ {most:g}")
@@ -322,28 +314,22 @@ def resolve(config: RunConfig, problem_defaults: dict[str, Any],
         if getattr(out, key) is None:
             raise ConfigError(f"{key} is not set: give it (--set {key}=VALUE) or put it in the "
                               f"defaults of {source}")
-    for key in ("rounds", "clients", "inner_steps", "outer_steps", "terms", "eval_every"):
-        _positive(key, getattr(out, key), integer=True)
+    for key in ("rounds", "clients", "inner_steps", "outer_steps", "eval_every"):
+        check_positive(key, getattr(out, key), integer=True)
     for key, most in MAXIMA.items():
         if getattr(out, key) is not None and getattr(out, key) > most:
             raise ConfigError(f"{key}={getattr(out, key)!r} is not allowed; at most {most:,}")
-    for key in ("inner_lr", "outer_lr", "step", "mu"):
-        _positive(key, getattr(out, key), integer=False)
+    for key in ("inner_lr", "outer_lr"):
+        check_positive(key, getattr(out, key))
     if out.checkpoint_every is None:
         out.checkpoint_every = out.eval_every
-    _positive("checkpoint_every", out.checkpoint_every, integer=True)
+    check_positive("checkpoint_every", out.checkpoint_every, integer=True)
     if not (math.isfinite(out.participation) and 0.0 < out.participation <= 1.0):
         raise ConfigError(f"participation={out.participation!r} is outside (0, 1]")
     if not (math.isfinite(out.fail_prob) and 0.0 <= out.fail_prob < 1.0):
         raise ConfigError(f"fail_prob={out.fail_prob!r} is outside [0, 1)")
-    if out.perturb not in PERTURB:
-        raise UnknownNameError("perturb", out.perturb, PERTURB)
-    if out.difference not in DIFFERENCES:
-        raise UnknownNameError("difference", out.difference, DIFFERENCES)
     if out.threads is not None:
-        _positive("threads", out.threads, integer=True)
-    if out.coords is not None:
-        _positive("coords", out.coords, integer=True)
+        check_positive("threads", out.threads, integer=True)
     check_device(out.device)
     if out.seed < 0:
         raise ConfigError(f"seed={out.seed!r} is not allowed; seed must be an integer ≥ 0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 
 
@@ -48,3 +50,16 @@ def lookup(table: dict, kind: str, name: str):
         return table[name]
     except (KeyError, TypeError):
         raise UnknownNameError(kind, name, table) from None
+
+
+def check_positive(name: str, value: object, integer: bool = False) -> None:
+    """Raise a :class:`ConfigError` unless ``value`` is an integer ≥ 1 (``integer``) or else a
+    finite number > 0; a bool is neither."""
+    if integer:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and math.isfinite(value) and value > 0
+    if not ok:
+        allowed = "an integer ≥ 1" if integer else "a finite number > 0"
+        raise ConfigError(f"{name}={value!r} is not allowed; {name} must be {allowed}")

@@ -13,7 +13,7 @@ from .capacity import CapacitySchedule, read_trace
 from .client import ClientSettings
 from .config import RunConfig, resolve
 from .errors import ConfigError, lookup
-from .hypergrad import ESTIMATORS
+from .hypergrad import ESTIMATORS, EstimatorOptions
 from .masks import MaskPolicy, make_policy
 from .problem import BilevelProblem, check_ranges
 from .problems import get_problem, reference
@@ -48,6 +48,8 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
     name = reference(config.problem) if problem is None else problem.name
     cfg = resolve(dataclasses.replace(config, problem=name), problem_cls.defaults,
                   f"problem class {problem_cls.__name__!r}")
+    options = EstimatorOptions(cfg.terms, cfg.step, cfg.mu, cfg.coords, cfg.perturb,
+                               cfg.difference)
     for key in ("data_dir", "capacity_trace"):   # paths may be given as Path; JSON holds str
         if getattr(cfg, key) is not None:
             setattr(cfg, key, str(getattr(cfg, key)))
@@ -68,8 +70,6 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
         cfg.capacities = sorted({r for row in trace.values() for r in row}, reverse=True)
     schedule = CapacitySchedule(tuple(cfg.capacities), cfg.clients, cfg.capacity_mode, cfg.seed,
                                 trace)
-    options = {"terms": cfg.terms, "step": cfg.step, "mu": cfg.mu, "coords": cfg.coords,
-               "perturb": cfg.perturb, "difference": cfg.difference}
     settings = ClientSettings(cfg.inner_steps, cfg.inner_lr,
                               cfg.outer_steps if cfg.estimator else 0, cfg.outer_lr,
                               cfg.estimator, options, cfg.adapt_steps, cfg.device)

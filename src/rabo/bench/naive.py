@@ -266,8 +266,8 @@ class NaiveLoop:
                     settings.inner_lr)
                 for p in xp:
                     p.requires_grad_(True)
-                hypergrads.append(neumann_hypergradient(net, xp, yp, task, options["terms"],
-                                                        options["step"]))
+                hypergrads.append(neumann_hypergradient(net, xp, yp, task, options.terms,
+                                                        options.step))
             with torch.no_grad():
                 for k, p in enumerate(xp):
                     p -= settings.outer_lr * torch.stack([h[k] for h in hypergrads]).mean(0)
