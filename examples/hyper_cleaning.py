@@ -71,14 +71,15 @@ class HyperCleaning(rabo.BilevelProblem):
         y = fresh_params(self.model, seed)
         return {"logit": torch.zeros(len(self.flipped))}, y
 
-    def sample(self, client: int, phase: str, rng: np.random.Generator) -> dict[str, Any]:
-        """The client's whole shard (full batch: the shards are small)."""
+    def sample(self, client: int, phase: str, rng: np.random.Generator,
+               steps: int) -> list[rabo.Task]:
+        """One task, the client's whole shards (full batches: they are small): g reads its
+        noisy training shard at every step, f its validation shard."""
         pos = torch.as_tensor(self.shards[client])
-        batch = {"train": (self.train[0][pos], self.train[1][pos], pos)}
-        if phase == "outer":
-            v = torch.as_tensor(self.val_shards[client])
-            batch["val"] = (self.val[0][v], self.val[1][v])
-        return batch
+        train = (self.train[0][pos], self.train[1][pos], pos)
+        v = torch.as_tensor(self.val_shards[client])
+        val = (self.val[0][v], self.val[1][v])
+        return [rabo.Task((train,), val if phase == "outer" else None)]
 
     def cost_key(self, client: int) -> tuple[int, int]:
         return len(self.shards[client]), len(self.val_shards[client])
@@ -86,17 +87,17 @@ class HyperCleaning(rabo.BilevelProblem):
     def logits(self, y: Params, inputs: Tensor) -> Tensor:
         return functional_call(self.model, y, (inputs,))
 
-    def inner_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
-        inputs, labels, pos = batch["train"]
+    def inner_loss(self, x: Params, y: Params, data: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        inputs, labels, pos = data
         ce = F.cross_entropy(self.logits(y, inputs), labels, reduction="none")
         l2 = sum((p * p).sum() for p in y.values())
         return (torch.sigmoid(x["logit"][pos]) * ce).mean() + 0.5 * self.opts["weight_decay"] * l2
 
-    def outer_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
-        inputs, labels = batch["val"]
+    def outer_loss(self, x: Params, y: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = data
         return F.cross_entropy(self.logits(y, inputs), labels)
 
-    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
+    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, float]:
         """Test accuracy, and the mean sample weight σ(x_j) of flipped and of clean samples."""
         weight = torch.sigmoid(x["logit"])
         flipped = torch.as_tensor(self.flipped)

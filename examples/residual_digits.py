@@ -28,6 +28,8 @@ from torch.func import functional_call
 import rabo
 from rabo.data import load_digits_arrays
 
+Batch = tuple[Tensor, Tensor]  # images and labels
+
 
 class Residual(nn.Module):
     """conv-BN-ReLU-conv-BN plus the input (or a 1×1 conv + BN when the width changes)."""
@@ -100,27 +102,27 @@ class ResidualDigits(rabo.BilevelProblem):
         chosen = torch.as_tensor(rng.choice(idx, size=size, replace=False))
         return self.images[chosen], self.labels[chosen]
 
-    def sample(self, client: int, phase: str, rng: np.random.Generator) -> dict[str, Any]:
-        """The inner phase reads a training batch; the outer phase also a validation batch
-        (the hypergradient evaluates g on the training part and f on the validation part)."""
+    def sample(self, client: int, phase: str, rng: np.random.Generator,
+               steps: int) -> list[rabo.Task]:
+        """One task: g reads ``steps`` training batches (one per step), f, in the outer phase,
+        a validation batch; rabo evaluates g only on the first and f only on the second."""
         train, val = self.shards[client]
-        batch = {"train": self._batch(train, rng)}
-        if phase == "outer":
-            batch["val"] = self._batch(val, rng)
-        return batch
+        inner = tuple(self._batch(train, rng) for _ in range(steps))
+        outer = self._batch(val, rng) if phase == "outer" else None
+        return [rabo.Task(inner, outer)]
 
     def _loss(self, x: rabo.Params, y: rabo.Params, data: tuple[Tensor, Tensor]) -> Tensor:
         images, labels = data
         return F.cross_entropy(functional_call(self.net, {**x, **y}, (images,)), labels)
 
-    def inner_loss(self, x: rabo.Params, y: rabo.Params, batch: dict[str, Any]) -> Tensor:
+    def inner_loss(self, x: rabo.Params, y: rabo.Params, data: Batch) -> Tensor:
         l2 = sum((p * p).sum() for p in y.values())
-        return self._loss(x, y, batch["train"]) + 0.5 * float(self.opts["lam"]) * l2
+        return self._loss(x, y, data) + 0.5 * float(self.opts["lam"]) * l2
 
-    def outer_loss(self, x: rabo.Params, y: rabo.Params, batch: dict[str, Any]) -> Tensor:
-        return self._loss(x, y, batch["val"])
+    def outer_loss(self, x: rabo.Params, y: rabo.Params, data: Batch) -> Tensor:
+        return self._loss(x, y, data)
 
-    def evaluate(self, x: rabo.Params, y: rabo.Params, final: bool = False) -> dict[str, float]:
+    def evaluate(self, x: rabo.Params, y: rabo.Params, final: bool) -> dict[str, float]:
         with torch.no_grad():
             logits = functional_call(self.net, {**x, **y}, (self.images[self.test],))
         return {"accuracy": float((logits.argmax(1) == self.labels[self.test]).float().mean())}

@@ -188,7 +188,7 @@ def test_first_order_gradient_of_meta_is_the_fomaml_update_from_a_zero_head():
     assert float(adapted["head.weight"].detach().abs().sum()) > 0  # adaptation moved the zero head
     expected = dict(zip(adapted, torch.autograd.grad(
         loss(adapted, task["query"], task["query_labels"]), list(adapted.values()))))
-    h = hypergradient(problem, x, y, task, "first-order")
+    h = hypergradient(problem, x, y, problem.as_task(task), "first-order")
     assert set(h) == set(x)
     for name in x:
         torch.testing.assert_close(h[name], expected[name], rtol=1e-4, atol=1e-6)

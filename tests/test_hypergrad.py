@@ -13,8 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from rabo import RunConfig, build
 from rabo.errors import ConfigError, UnknownNameError
 from rabo.hypergrad import ESTIMATORS, EstimatorOptions, estimate, hypergradient
+from rabo.problem import Objective, Task
 
 IMPLICIT = ["neumann", "cg", "fd", "fd-dir"]
+NO_DATA = Task((None,), None)  # the test problems hold their data themselves
 
 
 def vec(params: dict, order: list[str]) -> torch.Tensor:
@@ -55,7 +57,7 @@ def dense_implicit(problem, x: dict, y: dict, xo: list[str], yo: list[str]) -> t
 X_ORDER, Y_ORDER = ["a", "b"], ["u", "w"]
 
 
-class Quadratic:
+class Quadratic(Objective):
     """g = ½ yᵀA y − yᵀB x + λ/2‖y‖², f = ½‖y − c‖² + ½ xᵀD x on flat vectors."""
 
     def __init__(self, dtype: torch.dtype = torch.float64, seed: int = 0, lam: float = 0.5):
@@ -110,19 +112,19 @@ def test_quadratic_closed_form_matches_dense_implicit_gradient():
 @pytest.mark.parametrize("name", IMPLICIT)
 def test_estimators_match_quadratic_closed_form(name):
     q = Quadratic()
-    h = hypergradient(q, q.x, q.y, None, name, **quad_options(q))
+    h = hypergradient(q, q.x, q.y, NO_DATA, name, **quad_options(q))
     assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-5
 
 
 def test_cg_is_exact_in_dim_y_iterations():
     q = Quadratic()
-    h = hypergradient(q, q.x, q.y, None, "cg", terms=6)
+    h = hypergradient(q, q.x, q.y, NO_DATA, "cg", terms=6)
     assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-10
 
 
 def test_first_order_is_grad_x_f():
     q = Quadratic()
-    h = hypergradient(q, q.x, q.y, None, "first-order")
+    h = hypergradient(q, q.x, q.y, NO_DATA, "first-order")
     # autograd and the matrix product sum in different orders (6.9e-18 apart on a Xeon)
     assert rel_err(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER)) <= 1e-12
 
@@ -131,12 +133,12 @@ def test_first_order_is_grad_x_f():
 def test_zero_outer_gradient_in_y_leaves_grad_x_f(name):
     q = Quadratic()
     q.y = unvec(q.c.clone(), q.y, Y_ORDER)  # ∇_y f = y − c = 0, so v = 0 and ĥ = D x
-    h = hypergradient(q, q.x, q.y, None, name, **quad_options(q))
+    h = hypergradient(q, q.x, q.y, NO_DATA, name, **quad_options(q))
     assert rel_err(vec(h, X_ORDER), q.D @ vec(q.x, X_ORDER)) <= 1e-12
 
 
 # --- logistic-regression hyperparameter problem ---------------------------------------------------
-class LogisticHPO:
+class LogisticHPO(Objective):
     """g = mean logistic loss on train + ½ Σ_j exp(x_j) y_j², f = mean logistic loss on val."""
 
     def __init__(self, seed: int = 1, d: int = 5):
@@ -181,7 +183,8 @@ def logistic():
 
 @pytest.mark.parametrize("name", IMPLICIT)
 def test_estimators_match_logistic_implicit_gradient(logistic, name):
-    h = hypergradient(logistic, logistic.x, logistic.y, None, name, terms=60, step=logistic.step)
+    h = hypergradient(logistic, logistic.x, logistic.y, NO_DATA, name, terms=60,
+                      step=logistic.step)
     assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
 
 
@@ -189,10 +192,10 @@ def test_estimators_match_logistic_implicit_gradient(logistic, name):
 def test_forward_differences_are_exact_on_the_quadratic_and_close_on_logistic(logistic, name):
     # g quadratic in y: a forward difference of ∇_y g is exact up to rounding, as is a central one
     q = Quadratic()
-    h = hypergradient(q, q.x, q.y, None, name, difference="forward", **quad_options(q))
+    h = hypergradient(q, q.x, q.y, NO_DATA, name, difference="forward", **quad_options(q))
     assert rel_err(vec(h, X_ORDER), q.closed_form()) <= 1e-5
     # logistic loss: O(μ) truncation instead of O(μ²), still within the 1e-3 of docs/algorithm.md §3
-    h = hypergradient(logistic, logistic.x, logistic.y, None, name, terms=60,
+    h = hypergradient(logistic, logistic.x, logistic.y, NO_DATA, name, terms=60,
                       step=logistic.step, difference="forward", mu=1e-5)
     assert rel_err(h["log_l2"], logistic.exact) <= 1e-3
 
@@ -204,7 +207,8 @@ def test_forward_differences_take_fewer_flops_than_central():
     counts = {}
     for difference in ("central", "forward"):
         with FlopCounterMode(display=False) as counter:
-            hypergradient(p, p.x, p.y, None, "fd-dir", terms=5, step=0.5, difference=difference)
+            hypergradient(p, p.x, p.y, NO_DATA, "fd-dir", terms=5, step=0.5,
+                          difference=difference)
         counts[difference] = counter.get_total_flops()
     assert counts["forward"] < counts["central"]
 
@@ -215,10 +219,10 @@ def test_fd_blocks_average_to_full_estimate_over_a_cycle(perturb, k):
     q = Quadratic()
     opts = quad_options(q)
     n = 4 if perturb == "x" else 6
-    full = vec(hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, **opts), X_ORDER)
+    full = vec(hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, **opts), X_ORDER)
     cycle = n // math.gcd(n, k)
-    blocks = [vec(hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, coords=k, t=t, **opts),
-                  X_ORDER) for t in range(cycle)]
+    blocks = [vec(hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, coords=k, t=t,
+                                **opts), X_ORDER) for t in range(cycle)]
     assert rel_err(torch.stack(blocks).mean(0), full) <= 1e-8
     assert rel_err(blocks[0], full) > 1e-3  # one block alone is a different estimate
 
@@ -226,14 +230,14 @@ def test_fd_blocks_average_to_full_estimate_over_a_cycle(perturb, k):
 def test_fd_perturb_x_and_y_agree_with_neumann():
     q = Quadratic()
     opts = quad_options(q)
-    ref = vec(hypergradient(q, q.x, q.y, None, "neumann", **opts), X_ORDER)
+    ref = vec(hypergradient(q, q.x, q.y, NO_DATA, "neumann", **opts), X_ORDER)
     for perturb in ("auto", "x", "y"):
-        h = hypergradient(q, q.x, q.y, None, "fd", perturb=perturb, **opts)
+        h = hypergradient(q, q.x, q.y, NO_DATA, "fd", perturb=perturb, **opts)
         assert rel_err(vec(h, X_ORDER), ref) <= 1e-8
 
 
 # --- a network through functional_call: backbone x, linear head y, batch-statistics BN --------
-class HeadOnBackbone:
+class HeadOnBackbone(Objective):
     """g = CE(head(backbone(a_s))) + λ/2‖y‖², f = CE on a query set; x = backbone, y = head."""
 
     def __init__(self, seed: int = 2, lam: float = 0.5):
@@ -266,8 +270,8 @@ class HeadOnBackbone:
                                           ("fd-dir", "auto")])
 def test_estimators_on_a_network_match_cg(name, perturb):
     p = HeadOnBackbone()
-    reference = hypergradient(p, p.x, p.y, None, "cg", terms=50)
-    h = hypergradient(p, p.x, p.y, None, name, terms=60, step=0.5, perturb=perturb)
+    reference = hypergradient(p, p.x, p.y, NO_DATA, "cg", terms=50)
+    h = hypergradient(p, p.x, p.y, NO_DATA, name, terms=60, step=0.5, perturb=perturb)
     assert rel_err(torch.cat([v.reshape(-1) for v in h.values()]),
                    torch.cat([v.reshape(-1) for v in reference.values()])) <= 1e-3
 
@@ -277,7 +281,7 @@ def test_estimators_on_a_network_match_cg(name, perturb):
                          + [("fd", "y")])
 def test_float32_in_float32_out(name, perturb):
     q = Quadratic(dtype=torch.float32)
-    h = hypergradient(q, q.x, q.y, None, name, perturb=perturb, **quad_options(q))
+    h = hypergradient(q, q.x, q.y, NO_DATA, name, perturb=perturb, **quad_options(q))
     assert all(v.dtype == torch.float32 for v in h.values())
     target = q.closed_form() if name != "first-order" else q.D @ vec(q.x, X_ORDER).double()
     assert rel_err(vec(h, X_ORDER), target) <= 1e-3
@@ -289,7 +293,7 @@ def test_result_has_x_keys_and_shapes_and_no_grad(name):
     x = {n: p.clone().requires_grad_(True) for n, p in q.x.items()}
     y = {n: p.clone().requires_grad_(True) for n, p in q.y.items()}
     with torch.no_grad():  # the estimators turn autograd on themselves
-        h = hypergradient(q, x, y, None, name, **quad_options(q))
+        h = hypergradient(q, x, y, NO_DATA, name, **quad_options(q))
     assert list(h) == list(x)
     assert all(h[n].shape == x[n].shape and not h[n].requires_grad for n in x)
     assert all(p.grad is None for p in [*x.values(), *y.values()])
@@ -311,7 +315,7 @@ def test_result_has_x_keys_and_shapes_and_no_grad(name):
 def test_bad_options_raise_config_errors(kwargs, error, text):
     q = Quadratic()
     with pytest.raises(error, match=text.replace("(", r"\(")):
-        hypergradient(q, q.x, q.y, None, **kwargs)
+        hypergradient(q, q.x, q.y, NO_DATA, **kwargs)
 
 
 def test_flop_counter_sees_every_estimator():
@@ -319,7 +323,7 @@ def test_flop_counter_sees_every_estimator():
     flops = {}
     for name in ESTIMATORS:
         with FlopCounterMode(display=False) as counter:
-            hypergradient(q, q.x, q.y, None, name, terms=10, step=q.step)
+            hypergradient(q, q.x, q.y, NO_DATA, name, terms=10, step=q.step)
         flops[name] = counter.get_total_flops()
     assert all(v > 0 for v in flops.values())
     assert flops["first-order"] < min(flops[n] for n in IMPLICIT)
@@ -329,10 +333,10 @@ def test_flop_counter_sees_every_estimator():
 def test_estimate_returns_the_outer_loss_it_evaluated(name):
     problem = Quadratic()
     options = EstimatorOptions(**quad_options(problem))
-    h, f = estimate(problem, problem.x, problem.y, None, name, options)
+    h, f = estimate(problem, problem.x, problem.y, NO_DATA, name, options)
     assert f == pytest.approx(float(problem.outer_loss(problem.x, problem.y, None)), rel=1e-12)
     assert all(torch.equal(h[n], g) for n, g in
-               hypergradient(problem, problem.x, problem.y, None, name,
+               hypergradient(problem, problem.x, problem.y, NO_DATA, name,
                              **quad_options(problem)).items())
 
 
@@ -351,7 +355,7 @@ def test_a_run_config_and_the_public_call_refuse_an_option_with_one_message(fiel
         build(RunConfig(problem="quadratic", **{field: value}))
     q = Quadratic()
     with pytest.raises(ConfigError) as from_call:
-        hypergradient(q, q.x, q.y, None, **{field: value})
+        hypergradient(q, q.x, q.y, NO_DATA, **{field: value})
     assert str(from_config.value) == str(from_call.value)
     assert str(from_call.value).startswith(f"{field}={value!r} is not allowed")
 

@@ -1,5 +1,6 @@
 """The features split of docs/algorithm.md §3: a problem's x-only features are computed once per
-hypergradient, with the same estimate as the plain losses and no more counted FLOPs."""
+hypergradient, with the same estimate as the plain losses and no more counted FLOPs; g reads
+only g's data and f only f's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from rabo.hypergrad import ESTIMATORS, hypergradient
+from rabo.problem import Objective, Task
 
 OPTIONS = {"terms": 10, "step": 0.5}
 
@@ -22,10 +24,10 @@ def rel_err(estimate: dict, target: dict) -> float:
     return float((flat(estimate) - flat(target)).norm() / flat(target).norm())
 
 
-class ConvHead:
+class ConvHead(Objective):
     """x = conv backbone (conv 3×3 1→4, batch-statistics BN, ReLU, average pool), y = linear head
     4→3; g = support CE + λ/2‖y‖², f = query CE. Plain losses only: each runs the backbone on the
-    images it needs."""
+    images of its own data (the task's support set for g, its query set for f)."""
 
     def __init__(self, seed: int = 3, lam: float = 0.2):
         torch.manual_seed(seed)
@@ -36,12 +38,11 @@ class ConvHead:
         self.x = {f"backbone.{n}": p.detach() for n, p in self.backbone.named_parameters()}
         self.y = {f"head.{n}": p.detach() for n, p in head.named_parameters()}
         gen = torch.Generator().manual_seed(seed)
-        self.batch = {
-            "support": torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64),
-            "support_labels": torch.arange(6) % 3,
-            "query": torch.randn(9, 1, 8, 8, generator=gen, dtype=torch.float64),
-            "query_labels": torch.arange(9) % 3,
-        }
+        support = {"images": torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64),
+                   "labels": torch.arange(6) % 3}
+        query = {"images": torch.randn(9, 1, 8, 8, generator=gen, dtype=torch.float64),
+                 "labels": torch.arange(9) % 3}
+        self.task = Task((support,), query)
         self.lam = lam
         self.calls = {"features": 0, "inner_loss": 0, "outer_loss": 0}
 
@@ -49,40 +50,41 @@ class ConvHead:
         return functional_call(self.backbone, {n.removeprefix("backbone."): p for n, p in x.items()},
                                (images,))
 
-    def _inner(self, support_feats, y, batch):
-        logits = F.linear(support_feats, y["head.weight"], y["head.bias"])
+    def _inner(self, feats, y, data):
+        logits = F.linear(feats, y["head.weight"], y["head.bias"])
         l2 = sum((p * p).sum() for p in y.values())
-        return F.cross_entropy(logits, batch["support_labels"]) + 0.5 * self.lam * l2
+        return F.cross_entropy(logits, data["labels"]) + 0.5 * self.lam * l2
 
-    def _outer(self, query_feats, y, batch):
-        logits = F.linear(query_feats, y["head.weight"], y["head.bias"])
-        return F.cross_entropy(logits, batch["query_labels"])
+    def _outer(self, feats, y, data):
+        logits = F.linear(feats, y["head.weight"], y["head.bias"])
+        return F.cross_entropy(logits, data["labels"])
 
-    def inner_loss(self, x, y, batch):
+    def inner_loss(self, x, y, data):
         self.calls["inner_loss"] += 1
-        return self._inner(self._backbone(x, batch["support"]), y, batch)
+        return self._inner(self._backbone(x, data["images"]), y, data)
 
-    def outer_loss(self, x, y, batch):
+    def outer_loss(self, x, y, data):
         self.calls["outer_loss"] += 1
-        return self._outer(self._backbone(x, batch["query"]), y, batch)
+        return self._outer(self._backbone(x, data["images"]), y, data)
 
 
 class ConvHeadSplit(ConvHead):
-    """The same problem, split at the backbone features of support and query."""
+    """The same problem, split at the backbone features of each loss's images."""
 
-    def features(self, x, batch):
+    def features(self, x, data):
         self.calls["features"] += 1
-        return self._backbone(x, batch["support"]), self._backbone(x, batch["query"])
+        return self._backbone(x, data["images"])
 
-    def inner_loss_from(self, feats, y, batch):
-        return self._inner(feats[0], y, batch)
+    def inner_loss_from(self, feats, y, data):
+        return self._inner(feats, y, data)
 
-    def outer_loss_from(self, feats, y, batch):
-        return self._outer(feats[1], y, batch)
+    def outer_loss_from(self, feats, y, data):
+        return self._outer(feats, y, data)
 
 
 def estimate(problem: ConvHead, name: str, **kwargs) -> dict:
-    return hypergradient(problem, problem.x, problem.y, problem.batch, name, **OPTIONS, **kwargs)
+    return hypergradient(problem, problem.x, problem.y, problem.task, name, **OPTIONS,
+                         **kwargs)
 
 
 def counted_flops(problem: ConvHead, name: str) -> tuple[int, dict]:
@@ -93,9 +95,11 @@ def counted_flops(problem: ConvHead, name: str) -> tuple[int, dict]:
 
 def test_split_losses_equal_plain_losses():
     p = ConvHeadSplit()
-    feats = p.features(p.x, p.batch)
-    assert float(p.inner_loss_from(feats, p.y, p.batch)) == float(p.inner_loss(p.x, p.y, p.batch))
-    assert float(p.outer_loss_from(feats, p.y, p.batch)) == float(p.outer_loss(p.x, p.y, p.batch))
+    (support,), query = p.task.inner, p.task.outer
+    assert float(p.inner_loss_from(p.features(p.x, support), p.y, support)) \
+        == float(p.inner_loss(p.x, p.y, support))
+    assert float(p.outer_loss_from(p.features(p.x, query), p.y, query)) \
+        == float(p.outer_loss(p.x, p.y, query))
 
 
 @pytest.mark.parametrize("name,perturb", [(n, "auto") for n in ESTIMATORS] + [("fd", "x")])
@@ -118,9 +122,10 @@ def test_split_fd_reaches_x_through_vmapped_features(name):
 
 @pytest.mark.parametrize("name", ["neumann", "cg", "fd", "fd-dir"])
 def test_split_features_are_computed_once_per_call(name):
+    """Once for g's data and once for f's, whatever the number of products."""
     p = ConvHeadSplit()
     estimate(p, name)
-    assert p.calls == {"features": 1, "inner_loss": 0, "outer_loss": 0}
+    assert p.calls == {"features": 2, "inner_loss": 0, "outer_loss": 0}
 
 
 def test_split_never_counts_more_flops_and_fd_counts_fewer():

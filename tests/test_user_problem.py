@@ -52,11 +52,11 @@ class Tiny(rabo.BilevelProblem):
         return ({"x": torch.zeros(d, dtype=torch.float64)},
                 {"y": torch.zeros(d, dtype=torch.float64)})
 
-    def sample(self, client, phase, rng):
-        return {"c": self.c[client]}
+    def sample(self, client, phase, rng, steps):
+        return [rabo.Task(({},), {"c": self.c[client]} if phase == "outer" else None)]
 
     def restrict(self, batch, index):
-        return {"c": batch["c"][index["coord"]]}
+        return {n: v[index["coord"]] for n, v in batch.items()}
 
     def inner_loss(self, x, y, batch):
         return 0.5 * ((y["y"] - x["x"]) ** 2).sum()
@@ -64,7 +64,7 @@ class Tiny(rabo.BilevelProblem):
     def outer_loss(self, x, y, batch):
         return 0.5 * ((y["y"] - batch["c"]) ** 2).sum()
 
-    def evaluate(self, x, y):
+    def evaluate(self, x, y, final):
         return {"distance": float((x["x"] - self.c.mean(0)).norm())}
 
     def config(self):

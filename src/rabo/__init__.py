@@ -1,7 +1,8 @@
 """rabo: resource-adaptive federated bilevel optimization (RABO and RAFBO).
 
 Public entry points: :func:`hypergradient` for a user's own bilevel problem;
-:class:`BilevelProblem` to subclass for a federated one, :class:`RunConfig`, :func:`build` and
+:class:`BilevelProblem` to subclass for a federated one (its data: :class:`Task`, what g reads
+and what f reads), :class:`RunConfig`, :func:`build` and
 :func:`simulate` to run it in this process (the library form of ``rabo run``);
 :func:`trace_plan` and :func:`check_plan` for a model's channel plan; and the ``rabo``
 command (``rabo run``, ``rabo reproduce``, ``rabo flower``, …). The names that need torch load
@@ -20,11 +21,12 @@ _LAZY = {  # name -> (module, attribute)
     "BilevelProblem": ("problem", "BilevelProblem"), "Objective": ("problem", "Objective"),
     "RunState": ("rounds", "RunState"), "simulate": ("runtime.simulate", "run"),
     "Axis": ("submodel", "Axis"), "ChannelPlan": ("submodel", "ChannelPlan"),
-    "Params": ("submodel", "Params")}
+    "Params": ("submodel", "Params"), "Task": ("problem", "Task")}
 
 __all__ = ["ESTIMATORS", "Axis", "BilevelProblem", "ChannelPlan", "ConfigError", "DataError",
            "Experiment", "Objective", "Params", "PlanError", "RaboError", "RunConfig", "RunState",
-           "UnknownNameError", "build", "check_plan", "hypergradient", "simulate", "trace_plan"]
+           "Task", "UnknownNameError", "build", "check_plan", "hypergradient", "simulate",
+           "trace_plan"]
 __version__ = "0.1.0"
 
 

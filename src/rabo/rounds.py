@@ -8,7 +8,6 @@ does not answer (None) counts as failed; an update with NaN or Inf is rejected.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -162,7 +161,7 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
     metrics.update(problem.round_metrics(x, y))
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
         pause_for_tests("evaluate", t + 1)
-        metrics.update(evaluate(problem, x, y, final=t + 1 == cfg.rounds))
+        metrics.update(problem.evaluate(x, y, final=t + 1 == cfg.rounds))
     metrics["seconds"] = time.perf_counter() - start
     return metrics
 
@@ -175,10 +174,3 @@ def channel_metrics(plan: ChannelPlan, params: Params, indices: list[SubmodelInd
     return {f"channel_cover_{name}_min": fewest, f"channel_cover_{name}_mean": mean}
 
 
-def evaluate(problem: Any, x: Params, y: Params, final: bool) -> dict[str, Any]:
-    """``problem.evaluate(x, y, final=...)`` (``final``: the run's last round, where a problem
-    may evaluate more, e.g. few-shot's ``final_episodes``); problems whose ``evaluate`` takes
-    only (x, y) are called so."""
-    if "final" in inspect.signature(problem.evaluate).parameters:
-        return problem.evaluate(x, y, final=final)
-    return problem.evaluate(x, y)

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..problems.fewshot import FewShot, Task
+from ..problems.fewshot import Episode, FewShot
 from ..submodel import Params
 
 
-def loop_query_logits(problem: FewShot, x: Params, y: Params, task: Task) -> Tensor:
+def loop_query_logits(problem: FewShot, x: Params, y: Params, task: Episode) -> Tensor:
     """The reference: one episode as evaluation did before batching, one backbone forward of
     its support and query sets, then its own linear head fitted alone with ``eval_steps``
     autograd steps of ``eval_lr`` on g from y; returns the query logits (Q × N). The forward
@@ -32,7 +32,8 @@ def loop_query_logits(problem: FewShot, x: Params, y: Params, task: Task) -> Ten
         return F.linear(feats[1], head["head.weight"], head["head.bias"])
 
 
-def loop_accuracies(problem: FewShot, x: Params, y: Params, tasks: list[Task]) -> np.ndarray:
+def loop_accuracies(problem: FewShot, x: Params, y: Params,
+                    tasks: list[Episode]) -> np.ndarray:
     """Per-episode query accuracies of :func:`loop_query_logits`, one episode after another."""
     return np.array([float((loop_query_logits(problem, x, y, t).argmax(-1)
                             == t["query_labels"]).float().mean()) for t in tasks])

@@ -29,6 +29,7 @@ from ..client import to_device
 from ..errors import ConfigError
 from ..experiment import Experiment
 from ..models import MLP, Conv4, rms_scaled
+from ..problem import Task
 from ..problems.losstuning import balanced_cross_entropy, vs_loss
 from ..streams import client_rng
 from ..submodel import ChannelPlan, Params, SubmodelIndex
@@ -72,14 +73,14 @@ class LossTuningNet(nn.Module):
         return {"log_delta": self.log_delta, "iota": self.iota, "log_w": self.log_w,
                 **dict(self.net.named_parameters())}
 
-    def inner_loss(self, batch: dict[str, Any]) -> Tensor:
-        inputs, labels = batch["train"]
+    def inner_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = batch
         vs = {"log_delta": self.log_delta, "iota": self.iota, "log_w": self.log_w}
         l2 = sum((p * p).sum() for p in self.net.parameters())
         return vs_loss(self.net(inputs), labels, vs) + 0.5 * self.weight_decay * l2
 
-    def outer_loss(self, batch: dict[str, Any]) -> Tensor:
-        inputs, labels = batch["val"]
+    def outer_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = batch
         return balanced_cross_entropy(self.net(inputs), labels, self.num_classes)
 
 
@@ -170,13 +171,13 @@ def _grads(output: Tensor, wrt: list[nn.Parameter], **kwargs) -> list[Tensor]:
 
 
 def neumann_hypergradient(net: nn.Module, x: list[nn.Parameter], y: list[nn.Parameter],
-                          batch: Any, terms: int, step: float) -> list[Tensor]:
+                          task: Task, terms: int, step: float) -> list[Tensor]:
     """ĥ = ∇_x f − ∇²_xy g · v with v = η Σ_{n<Q} (I − η ∇²_yy g)^n ∇_y f, by double backward
     (FedNest's ``hypergradient``): HVPs ∇_y⟨∇_y g, u⟩, the mixed term ∇_x⟨∇_y g, v⟩."""
-    f = net.outer_loss(batch)
+    f = net.outer_loss(task.outer)
     grad_f = _grads(f, x + y)
     grad_x_f, grad_y_f = grad_f[:len(x)], grad_f[len(x):]
-    grad_y_g = torch.autograd.grad(net.inner_loss(batch), y, create_graph=True)
+    grad_y_g = torch.autograd.grad(net.inner_loss(task.inner[0]), y, create_graph=True)
     term, total = grad_y_f, list(grad_y_f)
     for _ in range(terms - 1):
         hvp = _grads(grad_y_g, y, grad_outputs=term, retain_graph=True)
@@ -217,9 +218,11 @@ class NaiveLoop:
         self.x, self.y = to_device(x, self.device), to_device(y, self.device)
         self.round = 0
 
-    def _sample(self, client: int, phase: str, rng: Any, index: SubmodelIndex) -> Any:
+    def _tasks(self, client: int, phase: str, rng: Any, index: SubmodelIndex,
+               steps: int) -> list[Task]:
         problem = self.exp.problem
-        return to_device(problem.restrict(problem.sample(client, phase, rng), index), self.device)
+        return [to_device(task.map(lambda batch: problem.restrict(batch, index)), self.device)
+                for task in problem.sample(client, phase, rng, steps)]
 
     def _net(self, x: Params, y: Params) -> tuple[nn.Module, list, list]:
         """A fresh module holding (x̃, ỹ), and its x and y parameters in rabo's order."""
@@ -229,47 +232,41 @@ class NaiveLoop:
         return net, [named[n] for n in x], [named[n] for n in y]
 
     def inner(self, client: int, index: SubmodelIndex, x: Params, y: Params) -> Params:
-        """K SGD steps on ỹ with x̃ frozen (eq 5); Δ^y = ỹ^0 − ỹ^K, episodic: mean over tasks."""
+        """K SGD steps on ỹ with x̃ frozen (eq 5) per task, each from ỹ; Δ^y = ỹ^0 − the mean
+        over tasks of ỹ^K."""
         exp, t = self.exp, self.round
-        settings, episodic = exp.settings, exp.problem.episodic
+        settings = exp.settings
         net, xp, yp = self._net(x, y)
         for p in xp:
             p.requires_grad_(False)
         rng = client_rng(exp.config.seed, t, client, "inner")
         finals = []
-        if episodic:
-            for task in self._sample(client, "inner", rng, index):
-                load_(dict(zip(y, yp)), y)
-                sgd(lambda task=task: net.inner_loss(task), yp, settings.inner_steps,
-                    settings.inner_lr)
-                finals.append([p.detach().clone() for p in yp])
-        else:
-            for _ in range(settings.inner_steps):
-                batch = self._sample(client, "inner", rng, index)
+        for task in self._tasks(client, "inner", rng, index, settings.inner_steps):
+            load_(dict(zip(y, yp)), y)
+            for k in range(settings.inner_steps):
+                batch = task.inner[task.inner_index(k)]
                 sgd(lambda batch=batch: net.inner_loss(batch), yp, 1, settings.inner_lr)
             finals.append([p.detach().clone() for p in yp])
         return {n: y[n] - torch.stack([f[k] for f in finals]).mean(0) for k, n in enumerate(y)}
 
     def outer(self, client: int, index: SubmodelIndex, x: Params, y: Params) -> Params:
-        """T steps x̃ ← x̃ − η_x ĥ at ỹ^{t+1} (eq 7); episodic: each task first adapts the head
+        """T steps x̃ ← x̃ − η_x ĥ at ỹ^{t+1} (eq 7); each task first adapts the head
         ``adapt_steps`` SGD steps from ỹ^{t+1}, ĥ is the mean over tasks. Δ^x = x̃^0 − x̃^T."""
         exp, t = self.exp, self.round
-        settings, episodic = exp.settings, exp.problem.episodic
+        settings = exp.settings
         options = settings.estimator_options
         net, xp, yp = self._net(x, y)
         rng = client_rng(exp.config.seed, t, client, "outer")
         for _ in range(settings.outer_steps):
-            batch = self._sample(client, "outer", rng, index)
             hypergrads = []
-            for task in batch if episodic else [batch]:
-                if episodic:
-                    load_(dict(zip(y, yp)), y)
-                    for p in xp:
-                        p.requires_grad_(False)
-                    sgd(lambda task=task: net.inner_loss(task), yp, settings.adapt_steps,
-                        settings.inner_lr)
-                    for p in xp:
-                        p.requires_grad_(True)
+            for task in self._tasks(client, "outer", rng, index, 1):
+                load_(dict(zip(y, yp)), y)
+                for p in xp:
+                    p.requires_grad_(False)
+                sgd(lambda task=task: net.inner_loss(task.inner[0]), yp, settings.adapt_steps,
+                    settings.inner_lr)
+                for p in xp:
+                    p.requires_grad_(True)
                 hypergrads.append(neumann_hypergradient(net, xp, yp, task, options.terms,
                                                         options.step))
             with torch.no_grad():

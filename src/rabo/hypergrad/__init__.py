@@ -6,21 +6,11 @@ algorithm: ``neumann.py`` (AID, Neumann series), ``cg.py``, ``fd.py``, ``fd_dir.
 ``fd-dir``), ``implicit.py`` (the start point and the implicit step), ``split.py`` (the
 losses split at the features), ``flat.py`` (flat vectors) and ``options.py``.
 
-Features computed once (docs/algorithm.md §3). A problem MAY split its losses at their
-x-only part::
-
-    def features(self, x, batch) -> Any  # e.g. backbone features of support and query
-    def inner_loss_from(self, feats, y, batch) -> Tensor
-    def outer_loss_from(self, feats, y, batch) -> Tensor
-
-with inner_loss(x, y, b) == inner_loss_from(features(x, b), y, b), and the same for the
-outer loss. ``features`` must be differentiable in x (any pytree of tensors). With it,
-each estimator computes the features once per call, inside whatever measures the call
-(FLOPs are counted around it, §6): ∇_y g, ∇_y f, exact and finite-difference HVPs and the
-perturbed y's of ``fd``/``fd-dir`` run on them, and ĥ = ∇_x [f − s] with ∇_x s = J v is
-one backward through the features into x. Without it (and for ``fd`` differencing x,
-whose perturbations change the features) the plain losses are used: the same code with
-features(x) = x (:class:`~rabo.hypergrad.split.Split`).
+Each takes a :class:`~rabo.problem.Objective` and one :class:`~rabo.Task` holding one batch
+of g (``inner``) and one of f (``outer``): g is evaluated only on the first, f only on the
+second. A problem's features are computed once per call where it has them (``features`` not
+None: see :class:`~rabo.problem.Objective`); otherwise the plain losses run, the same code
+with features(x) = x (:class:`~rabo.hypergrad.split.Split`).
 """
 
 from __future__ import annotations

@@ -4,18 +4,18 @@ the single-level submodel baselines (HeteroFL "Static", FedRolex, FIARSE, OAP) d
 
 from __future__ import annotations
 
-from ..problem import Batch, Objective
+from ..problem import Objective, Task
 from ..submodel import Params
 from .flat import detached, flat_grad, unflatten
 from .implicit import Estimate, loss_value
 from .options import EstimatorOptions
+from .split import one_step
 
 
-def first_order(problem: Objective, x: Params, y: Params, batch: Batch,
+def first_order(problem: Objective, x: Params, y: Params, task: Task,
                 opts: EstimatorOptions, t: int) -> Estimate:
-    """ĥ = ∇_x f(x, y), y held fixed (``opts`` and ``t`` unused). f is evaluated once, so
-    the plain ``outer_loss`` serves (a problem's ``features`` may also compute the inner
-    data's, which f does not need)."""
+    """ĥ = ∇_x f(x, y) on the task's batch of f, y held fixed (``opts`` and ``t`` unused). f
+    is evaluated once, so the plain ``outer_loss`` serves."""
     xl = detached(x, True)
-    f = problem.outer_loss(xl, detached(y), batch)
+    f = problem.outer_loss(xl, detached(y), one_step(task)[1])
     return unflatten(flat_grad(f, xl.values()), x), loss_value(f)

@@ -44,19 +44,19 @@ from tqdm import tqdm
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
 from ..models import MODELS, fresh_params, head_plan, merge_plans, rms_scaled
-from ..problem import BilevelProblem, Bound
+from ..problem import BilevelProblem, Bound, Task
 from ..submodel import ChannelPlan, Params
 
 BACKBONES = ("conv4", "resnet12")
 SOURCES = ("omniglot", "synthetic")
 HEADS = ("linear", "prototype", "meta")
-Task = dict[str, Tensor]
+Episode = dict[str, Tensor]
 # test episodes evaluated together: their images (E·100·28² floats, 15 MiB at 5w1s) bound memory
 EVAL_CHUNK = 50
 
 
 def synthetic_task(rng: np.random.Generator, ways: int, shots: int, queries: int,
-                   image_size: int) -> Task:
+                   image_size: int) -> Episode:
     """An N-way K-shot task of Gaussian images: shapes and cost of a real episode."""
     def images(n: int) -> Tensor:
         return torch.as_tensor(rng.standard_normal((n, 1, image_size, image_size)),
@@ -69,7 +69,6 @@ def synthetic_task(rng: np.random.Generator, ways: int, shots: int, queries: int
 
 class FewShot(BilevelProblem):
     name = "fewshot"
-    episodic = True
     # step (η_N) 0.03: the Neumann series needs η_N·λ_max(∇²_yy g) < 2, and λ_max reaches 21–25
     # on trained Conv-4 features at RMS 1.5 (configs/fewshot.toml)
     defaults: ClassVar[dict[str, Any]] = {
@@ -151,22 +150,28 @@ class FewShot(BilevelProblem):
         autograd do not."""
         return self.head == "linear"
 
-    def inner_batch(self, task: Task) -> Task:
-        return {**task, "query": task["query"][:0], "query_labels": task["query_labels"][:0]}
-
     def cost_key(self, client: int) -> tuple:
         return ()
 
-    def _task(self, classes: np.ndarray | None, rng: np.random.Generator) -> Task:
+    def _task(self, classes: np.ndarray | None, rng: np.random.Generator) -> Episode:
         shots = int(self.opts["shots"])
         if self.opts["source"] == "synthetic":
             return synthetic_task(rng, self.ways, shots, 20 - shots, int(self.opts["image_size"]))
         return sample_task(self.omniglot, classes, self.ways, shots, None, rng)
 
-    def sample(self, client: int, phase: str, rng: np.random.Generator) -> list[Task]:
-        """The client's meta-batch: ``tasks`` N-way K-shot episodes from its own classes."""
+    def sample(self, client: int, phase: str, rng: np.random.Generator,
+               steps: int) -> list[Task]:
+        """The client's meta-batch: ``tasks`` N-way K-shot episodes from its own classes, each
+        a task whose support set every step of g reuses (:meth:`as_task`)."""
         classes = self.shards[client] if self.opts["source"] == "omniglot" else None
-        return [self._task(classes, rng) for _ in range(int(self.opts["tasks"]))]
+        return [self.as_task(self._task(classes, rng)) for _ in range(int(self.opts["tasks"]))]
+
+    def as_task(self, episode: Episode) -> Task:
+        """An episode split by the loss that reads it: g the support set; f the query set (and
+        the support set for ``prototype`` and ``meta``, whose f averages or adapts to it)."""
+        support = {k: episode[k] for k in ("support", "support_labels")}
+        query = {k: episode[k] for k in ("query", "query_labels")}
+        return Task((support,), query if self.head == "linear" else episode)
 
     def fitted_heads(self, support: Tensor, labels: Tensor, y: Params) -> Params:
         """Heads for E episodes at once (support features E × S × d, labels E × S): from the
@@ -184,7 +189,7 @@ class FewShot(BilevelProblem):
             head = {n: p - float(self.opts["eval_lr"]) * grads[n] for n, p in head.items()}
         return head
 
-    def query_logits(self, x: Params, y: Params, tasks: Sequence[Task]) -> Tensor:
+    def query_logits(self, x: Params, y: Params, tasks: Sequence[Episode]) -> Tensor:
         """The query logits (E × Q × N) of E test episodes on the frozen backbone x: a linear
         head fitted on each support set (``linear``, all E heads stepped together), the
         prototypes (``prototype``) or head and backbone adapted as in training (``meta``)."""
@@ -204,14 +209,14 @@ class FewShot(BilevelProblem):
                 logits.append(self._query_logits(self.features(xt, task), xt, task))
         return torch.stack(logits)
 
-    def test_tasks(self, episodes: int, seed: int = 0) -> Iterator[Task]:
+    def test_tasks(self, episodes: int, seed: int = 0) -> Iterator[Episode]:
         """The seeded test episodes (test alphabets' classes; synthetic ones for ``synthetic``),
         the same at every evaluation so that runs can be paired episode by episode."""
         rng = np.random.default_rng([seed, 0xE7A1])
         classes = self.split.test_classes if self.opts["source"] == "omniglot" else None
         return (self._task(classes, rng) for _ in range(episodes))
 
-    def episode_accuracies(self, x: Params, y: Params, tasks: Iterable[Task],
+    def episode_accuracies(self, x: Params, y: Params, tasks: Iterable[Episode],
                            total: int | None = None) -> np.ndarray:
         """Query accuracy of every episode, in order: :meth:`query_logits` on chunks of
         ``EVAL_CHUNK`` episodes (bounded memory), with a progress bar on a terminal."""
@@ -237,7 +242,7 @@ class FewShot(BilevelProblem):
                 if episodes > 1 else 0.0, "episodes": episodes,
                 "episode_accuracies": accs.tolist()}
 
-    def evaluate(self, x: Params, y: Params, final: bool = False) -> dict[str, Any]:
+    def evaluate(self, x: Params, y: Params, final: bool) -> dict[str, Any]:
         """``eval_episodes`` test episodes, or ``final_episodes`` on the run's last round, where
         the per-episode accuracies are kept too: every run sees the same episodes, so two runs
         can be compared episode by episode (a paired interval:
@@ -253,20 +258,21 @@ class FewShot(BilevelProblem):
         """φ_x(images): the backbone on one set (its own batch statistics), flattened."""
         params = {n.removeprefix("backbone."): p for n, p in x.items()
                   if n.startswith("backbone.")}
-        if len(images) == 0:
-            return images.new_zeros(0, self.backbone.out_features)
         return rms_scaled(functional_call(self.backbone, params, (images,)).flatten(1),
                           float(self.opts["feature_rms"]))
 
-    def features(self, x: Params, task: Task) -> tuple[Tensor, Tensor]:
-        """(φ_x(S), φ_x(Q)): the x-only part of both losses, computed once per hypergradient."""
-        return self._embed(x, task["support"]), self._embed(x, task["query"])
+    def features(self, x: Params, data: Episode) -> tuple[Tensor | None, Tensor | None]:
+        """(φ_x(S), φ_x(Q)) of the sets ``data`` holds, None for one it does not: g's data
+        give (φ_x(S), None), f's (None, φ_x(Q)); computed once per hypergradient."""
+        def embed(key: str) -> Tensor | None:
+            return self._embed(x, data[key]) if key in data else None
+        return embed("support"), embed("query")
 
     def _logits(self, feats: Tensor, head: Params) -> Tensor:
         return F.linear(feats, head["head.weight"], head["head.bias"])
 
     def _query_logits(self, feats: tuple[Tensor | None, Tensor], head: Params,
-                      task: Task) -> Tensor:
+                      task: Episode) -> Tensor:
         """The query's logits: −‖φ(q) − c_k‖² to the prototypes c_k (mean support feature of
         class k) for ``prototype``, the linear ``head`` (y, or x for ``meta``) otherwise."""
         if self.head != "prototype":
@@ -275,7 +281,7 @@ class FewShot(BilevelProblem):
         protos = torch.stack([feats[0][labels == k].mean(0) for k in range(self.ways)])
         return -((feats[1][:, None, :] - protos[None]) ** 2).sum(-1)
 
-    def adapt(self, x: Params, task: Task) -> Params:
+    def adapt(self, x: Params, task: Episode) -> Params:
         """``meta``: (x, 0)' = (x, 0) − α Σ_k ∇ CE_S(x_k, W_k), ``maml_steps`` steps of backbone
         and a zero-started head W on the support set with the gradients detached (first-order
         MAML), so x' carries x's graph with ∂x'/∂x = I."""
@@ -295,7 +301,8 @@ class FewShot(BilevelProblem):
             head = {n: (p - lr * g).detach() for (n, p), g in zip(head.items(), grads[len(xk):])}
         return {**{n: p - shift[n] for n, p in x.items()}, **head}
 
-    def inner_loss_from(self, feats: tuple[Tensor, Tensor | None], y: Params, task: Task) -> Tensor:
+    def inner_loss_from(self, feats: tuple[Tensor, Tensor | None], y: Params,
+                        task: Episode) -> Tensor:
         if self.head != "linear":
             raise ConfigError(f"fewshot with head={self.head!r} has no inner problem g "
                               f"(y is empty); use the first-order estimator")
@@ -303,13 +310,14 @@ class FewShot(BilevelProblem):
         return F.cross_entropy(self._logits(feats[0], y), task["support_labels"]) \
             + 0.5 * float(self.opts["lam"]) * l2
 
-    def outer_loss_from(self, feats: tuple[Tensor | None, Tensor], y: Params, task: Task) -> Tensor:
+    def outer_loss_from(self, feats: tuple[Tensor | None, Tensor], y: Params,
+                        task: Episode) -> Tensor:
         return F.cross_entropy(self._query_logits(feats, y, task), task["query_labels"])
 
-    def inner_loss(self, x: Params, y: Params, task: Task) -> Tensor:
+    def inner_loss(self, x: Params, y: Params, task: Episode) -> Tensor:
         return self.inner_loss_from((self._embed(x, task["support"]), None), y, task)
 
-    def outer_loss(self, x: Params, y: Params, task: Task) -> Tensor:
+    def outer_loss(self, x: Params, y: Params, task: Episode) -> Tensor:
         if self.head == "meta":
             x = self.adapt(x, task)
             return self.outer_loss_from((None, self._embed(x, task["query"])), x, task)

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
 from ..errors import ConfigError, UnknownNameError, lookup
 from ..models import MODELS, build_model, fresh_params
-from ..problem import BilevelProblem, Bound
+from ..problem import BilevelProblem, Bound, Task
 from ..submodel import ChannelPlan, Params
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -122,13 +122,15 @@ class LossTuning(BilevelProblem):
         x = {n: torch.zeros(self.num_classes) for n in ("log_delta", "iota", "log_w")}
         return x, y
 
-    def sample(self, client: int, phase: str, rng: np.random.Generator) -> dict[str, Any]:
+    def sample(self, client: int, phase: str, rng: np.random.Generator,
+               steps: int) -> list[Task]:
+        """One task: ``steps`` minibatches of the client's train split (g), then, in the outer
+        phase, one of its validation split (f)."""
         train_idx, val_idx = self.data.clients[client]
         bs = int(self.opts["batch_size"])
-        batch = {"train": sample_batch(self.data, train_idx, bs, rng)}
-        if phase == "outer":
-            batch["val"] = sample_batch(self.data, val_idx, bs, rng)
-        return batch
+        inner = tuple(sample_batch(self.data, train_idx, bs, rng) for _ in range(steps))
+        outer = sample_batch(self.data, val_idx, bs, rng) if phase == "outer" else None
+        return [Task(inner, outer)]
 
     def cost_key(self, client: int) -> tuple[int, int]:
         bs = int(self.opts["batch_size"])
@@ -138,16 +140,16 @@ class LossTuning(BilevelProblem):
     def logits(self, y: Params, inputs: Tensor) -> Tensor:
         return functional_call(self.model, y, (inputs,))
 
-    def inner_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
-        inputs, labels = batch["train"]
+    def inner_loss(self, x: Params, y: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = data
         l2 = sum((p * p).sum() for p in y.values())
         return vs_loss(self.logits(y, inputs), labels, x) + 0.5 * self.opts["weight_decay"] * l2
 
-    def outer_loss(self, x: Params, y: Params, batch: dict[str, Any]) -> Tensor:
-        inputs, labels = batch["val"]
+    def outer_loss(self, x: Params, y: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = data
         return balanced_cross_entropy(self.logits(y, inputs), labels, self.num_classes)
 
-    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
+    def evaluate(self, x: Params, y: Params, final: bool) -> dict[str, float]:
         with torch.no_grad():
             test = balanced_accuracy(self.logits(y, self._test[0]), self._test[1],
                                      self.num_classes)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import streams
 from ..errors import ConfigError
-from ..problem import BilevelProblem, Bound
+from ..problem import BilevelProblem, Bound, Task
 from ..submodel import Params, SubmodelIndex, vector_plan
 
 
@@ -86,13 +86,17 @@ class Quadratic(BilevelProblem):
         d = int(self.opts["dim"])
         return {"x": torch.zeros(d, dtype=self.dtype)}, {"y": torch.zeros(d, dtype=self.dtype)}
 
-    def sample(self, client: int, phase: str, rng: np.random.Generator) -> dict[str, Tensor]:
-        return {"A": self.A[client], "B": self.B[client], "c": self.c[client], "D": self.D}
+    def sample(self, client: int, phase: str, rng: np.random.Generator,
+               steps: int) -> list[Task]:
+        """One task, the same at every step: g reads A_i and B_i, f reads c_i and D."""
+        g_data = {"A": self.A[client], "B": self.B[client]}
+        f_data = {"c": self.c[client], "D": self.D} if phase == "outer" else None
+        return [Task((g_data,), f_data)]
 
     def restrict(self, batch: dict[str, Tensor], index: SubmodelIndex) -> dict[str, Tensor]:
+        """The kept coordinates: rows and columns of the matrices, entries of the vector."""
         i = index["coord"]
-        return {"A": batch["A"][i][:, i], "B": batch["B"][i][:, i], "c": batch["c"][i],
-                "D": batch["D"][i][:, i]}
+        return {k: v[i][:, i] if v.dim() == 2 else v[i] for k, v in batch.items()}
 
     def cost_key(self, client: int) -> tuple:
         return ()
@@ -121,9 +125,6 @@ class Quadratic(BilevelProblem):
         xv = x["x"].to(self.dtype)
         return {"hypergrad_norm": float(self.true_hypergradient(xv).norm()),
                 "inner_error": float((y["y"] - self.y_star(xv)).norm())}
-
-    def evaluate(self, x: Params, y: Params) -> dict[str, float]:
-        return {}
 
     def config(self) -> dict[str, Any]:
         return dict(self.opts)

@@ -37,7 +37,7 @@ class LocalTransport:
         self.exp, self.flops = exp, flops
         wanted = exp.config.batch_clients
         if wanted is None:                       # the problem's choice: where it measured faster
-            wanted = bool(getattr(exp.problem, "batch_by_default", True))
+            wanted = exp.problem.batch_by_default
         self.batched = wanted and stacked.can_stack(exp.problem, exp.settings)
 
     def __call__(self, phase: str, round: int, jobs: Sequence[Job]) -> list[Reply | None]:
