@@ -3,7 +3,7 @@ the same."""
 
 import numpy as np
 
-from rabo import client, server, streams
+from rabo import server, streams
 from rabo.capacity import CapacitySchedule
 
 
@@ -21,8 +21,6 @@ def test_stream_tags_are_distinct_and_keep_the_values_past_runs_drew_from():
 def test_client_rng_draws_from_seed_round_client_phase():
     got = streams.client_rng(3, 4, 5, "outer").random(3)
     np.testing.assert_array_equal(got, np.random.default_rng([3, 4, 5, 2]).random(3))
-    np.testing.assert_array_equal(client.client_rng(3, 4, 5, "inner").random(3),
-                                  streams.client_rng(3, 4, 5, "inner").random(3))
 
 
 def test_participants_and_sampled_capacities_draw_from_their_streams():

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map_only
@@ -18,9 +17,8 @@ from torch.utils._pytree import tree_map_only
 from .errors import ConfigError
 from .hypergrad import EstimatorOptions, estimate
 from .problem import Batch, BilevelProblem, Losses, Objective, Task
+from .streams import client_rng
 from .submodel import Params, SubmodelIndex
-
-PHASES = {"inner": 1, "outer": 2}
 
 
 @dataclass(frozen=True)
@@ -40,12 +38,6 @@ class ClientSettings:
     estimator_options: EstimatorOptions = field(default_factory=EstimatorOptions)
     adapt_steps: int = 0
     device: str = "cpu"
-
-
-def client_rng(seed: int, round: int, client: int, phase: str) -> np.random.Generator:
-    """The client's data sampler for one phase of one round: a pure function of its ids, so a
-    resumed run or a Flower node draws exactly the same minibatches as the simulator."""
-    return np.random.default_rng([seed, round, client, PHASES[phase]])
 
 
 def inner_objective(problem: Objective, x: Params, data: Batch) -> Callable[[Params], Tensor]:

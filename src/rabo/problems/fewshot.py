@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.func import functional_call
 from tqdm import tqdm
 
+from .. import streams
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
 from ..models import MODELS, fresh_params, head_plan, merge_plans, rms_scaled
@@ -132,7 +133,7 @@ class FewShot(BilevelProblem):
             opts["test_alphabets"] = ",".join(self.split.test_alphabets)
             opts["validate"] = False  # resolved into the alphabet lists: a rebuild keeps them
             self.shards = shard_classes(self.split.train_classes, clients, self.ways,
-                                        np.random.default_rng([seed, 0x0A1]))
+                                        streams.rng(seed, streams.FEWSHOT_SHARDS))
 
     def init_params(self, seed: int) -> tuple[Params, Params]:
         x = fresh_params(self.backbone, seed, prefix="backbone.")
@@ -212,7 +213,7 @@ class FewShot(BilevelProblem):
     def test_tasks(self, episodes: int, seed: int = 0) -> Iterator[Episode]:
         """The seeded test episodes (test alphabets' classes; synthetic ones for ``synthetic``),
         the same at every evaluation so that runs can be paired episode by episode."""
-        rng = np.random.default_rng([seed, 0xE7A1])
+        rng = streams.rng(seed, streams.FEWSHOT_TEST)
         classes = self.split.test_classes if self.opts["source"] == "omniglot" else None
         return (self._task(classes, rng) for _ in range(episodes))
 
