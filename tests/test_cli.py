@@ -105,11 +105,13 @@ def test_malformed_toml_is_one_line(tmp_path, capsys):
 
 def test_console_script_help_and_error_exit_code():
     rabo = [sys.executable, "-m", "rabo.cli"]
-    help_text = subprocess.run(rabo + ["run", "--help"], capture_output=True, text=True, check=False)
+    help_text = subprocess.run(rabo + ["run", "--help"], capture_output=True, text=True,
+                               check=False)
     assert help_text.returncode == 0
     for option in ("--method", "--rounds", "--clients", "--capacities", "--seed", "--out",
                    "--data-dir", "--config", "--set"):
         assert option in help_text.stdout
-    bad = subprocess.run(rabo + ["run", "--method", "nope"], capture_output=True, text=True, check=False)
+    bad = subprocess.run(rabo + ["run", "--method", "nope"], capture_output=True, text=True,
+                         check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("rabo: error: unknown method")
     assert "Traceback" not in bad.stderr

@@ -47,8 +47,8 @@ class ConvHead(Objective):
         self.calls = {"features": 0, "inner_loss": 0, "outer_loss": 0}
 
     def _backbone(self, x, images):
-        return functional_call(self.backbone, {n.removeprefix("backbone."): p for n, p in x.items()},
-                               (images,))
+        params = {n.removeprefix("backbone."): p for n, p in x.items()}
+        return functional_call(self.backbone, params, (images,))
 
     def _inner(self, feats, y, data):
         logits = F.linear(feats, y["head.weight"], y["head.bias"])

@@ -61,11 +61,13 @@ def balanced_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> float
 
 class LossTuning(BilevelProblem):
     name = "losstuning"
-    defaults: ClassVar[dict[str, Any]] = {"rounds": 100, "inner_steps": 10, "inner_lr": 0.3, "outer_steps": 1,
-                "outer_lr": 2.0, "terms": 10, "step": 0.1, "mu": 1e-2, "eval_every": 10}
-    options: ClassVar[dict[str, Any]] = {"dataset": "digits", "model": "auto", "hidden": 128, "rho": 0.0,
-               "batch_size": 32, "weight_decay": 3e-3, "partition": "iid", "alpha": 0.5,
-               "test_per_class": 50, "prune": "y"}
+    defaults: ClassVar[dict[str, Any]] = {
+        "rounds": 100, "inner_steps": 10, "inner_lr": 0.3, "outer_steps": 1, "outer_lr": 2.0,
+        "terms": 10, "step": 0.1, "mu": 1e-2, "eval_every": 10}
+    options: ClassVar[dict[str, Any]] = {
+        "dataset": "digits", "model": "auto", "hidden": 128, "rho": 0.0, "batch_size": 32,
+        "weight_decay": 3e-3, "partition": "iid", "alpha": 0.5, "test_per_class": 50,
+        "prune": "y"}
     ranges: ClassVar[dict[str, Bound]] = {
         "hidden": Bound(1, 100_000), "rho": Bound(0, 1e6), "batch_size": Bound(1, 1_000_000),
         "weight_decay": Bound(0, 1e3), "alpha": Bound(0, 1e6, above=True),

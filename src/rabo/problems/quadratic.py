@@ -29,11 +29,11 @@ from ..submodel import Params, SubmodelIndex, vector_plan
 class Quadratic(BilevelProblem):
     name = "quadratic"
     stackable = True
-    defaults: ClassVar[dict[str, Any]] = {"rounds": 400, "inner_steps": 5, "inner_lr": 0.4, "outer_steps": 1,
-                "outer_lr": 0.5, "terms": 20, "step": 0.45, "mu": 1e-3, "difference": "forward",
-                "eval_every": 50}
-    options: ClassVar[dict[str, Any]] = {"dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0,
-               "dtype": "float64"}
+    defaults: ClassVar[dict[str, Any]] = {
+        "rounds": 400, "inner_steps": 5, "inner_lr": 0.4, "outer_steps": 1, "outer_lr": 0.5,
+        "terms": 20, "step": 0.45, "mu": 1e-3, "difference": "forward", "eval_every": 50}
+    options: ClassVar[dict[str, Any]] = {
+        "dim": 16, "coupling": "diagonal", "lam": 0.1, "heterogeneity": 1.0, "dtype": "float64"}
     ranges: ClassVar[dict[str, Bound]] = {"dim": Bound(1, 100_000), "lam": Bound(0, 1e6),
                                           "heterogeneity": Bound(0, 1e6)}
     MEMORY = 8 * 2**30
