@@ -128,3 +128,24 @@ def test_plan_of_a_problem_is_checked_against_init_params():
     with pytest.raises(ConfigError, match="^problem class 'Pair': its plan prunes 'z', which "
                                           "init_params does not return$"):
         build(problem)
+
+
+def test_a_constructor_that_cannot_take_the_contract_is_one_line_but_its_own_errors_pass():
+    """Arguments the constructor cannot bind are the contract's one-line error naming the class;
+    a TypeError raised inside the user's constructor is theirs, and reaches them unchanged."""
+    from rabo.experiment import construct
+
+    class NoOptions(rabo.BilevelProblem):
+        def __init__(self, clients, seed, data_dir):
+            raise AssertionError("never entered")
+
+    class Broken(rabo.BilevelProblem):
+        def __init__(self, clients, seed, data_dir, **options):
+            raise TypeError("inside the constructor")
+
+    cfg = RunConfig(problem="user", problem_options={"width": 3})
+    with pytest.raises(ConfigError, match=r"'NoOptions' cannot be built as NoOptions\(clients, "
+                                          r"seed, data_dir, \*\*options\).*'width'"):
+        construct(NoOptions, cfg)
+    with pytest.raises(TypeError, match="inside the constructor"):
+        construct(Broken, cfg)

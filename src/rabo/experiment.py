@@ -4,7 +4,6 @@ client settings. Both runtimes build their experiment here, so they run the same
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +110,13 @@ def construct(problem_cls: type[BilevelProblem], cfg: RunConfig) -> BilevelProbl
     kwargs = {"clients": cfg.clients, "seed": cfg.seed, "data_dir": cfg.data_dir,
               **cfg.problem_options}
     try:
-        inspect.signature(problem_cls).bind(**kwargs)
+        return problem_cls(**kwargs)
     except TypeError as err:
+        if err.__traceback__ is None or err.__traceback__.tb_next is not None:
+            raise                       # raised inside the constructor: the user's own error
         raise ConfigError(f"problem class {problem_cls.__name__!r} cannot be built as "
                           f"{problem_cls.__name__}(clients, seed, data_dir, **options): {err}") \
             from None
-    return problem_cls(**kwargs)
 
 
 def check_problem(problem: BilevelProblem, cfg: RunConfig) -> tuple[Params, Params]:
