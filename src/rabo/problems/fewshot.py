@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
-from ..models import MODELS, fresh_params, head_plan, merge_plans, rms_scaled
+from ..models import MODELS, compiled_call, fresh_params, head_plan, merge_plans, rms_scaled
 from ..problem import BilevelProblem, Bound
 from ..submodel import ChannelPlan, Params
 
@@ -83,7 +83,7 @@ class FewShot(BilevelProblem):
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.1,
         "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4, "validate": False,
-        "feature_rms": 1.5}
+        "feature_rms": 1.5, "compile": False}
     ranges: ClassVar[dict[str, Bound]] = {
         "ways": Bound(1, 1000), "tasks": Bound(1, 10_000),
         "lam": Bound(0, 1e6), "image_size": Bound(16, 256), "eval_episodes": Bound(1, 10**6),
@@ -259,7 +259,8 @@ class FewShot(BilevelProblem):
                   if n.startswith("backbone.")}
         if len(images) == 0:
             return images.new_zeros(0, self.backbone.out_features)
-        return rms_scaled(functional_call(self.backbone, params, (images,)).flatten(1),
+        call = compiled_call if self.opts["compile"] else functional_call
+        return rms_scaled(call(self.backbone, params, (images,)).flatten(1),
                           float(self.opts["feature_rms"]))
 
     def features(self, x: Params, task: Task) -> tuple[Tensor, Tensor]:
@@ -321,5 +322,5 @@ class FewShot(BilevelProblem):
         return self.outer_loss_from((support, self._embed(x, task["query"])), y, task)
 
     def config(self) -> dict[str, Any]:
-        return dict(self.opts)
+        return {k: v for k, v in self.opts.items() if k != "compile" or v}
 
