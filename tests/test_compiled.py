@@ -76,22 +76,26 @@ def test_compile_option_is_written_only_when_on() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_fewshot_gradient_equals_eager() -> None:
-    """Inductor-compiled Conv-4 (full width, a 5-way 1-shot query set): the outer loss and its
-    gradient in every backbone weight equal eager's to float32 tolerance (reassociated sums:
-    not bit for bit)."""
-    task = synthetic_task(np.random.default_rng(0), 5, 1, 19, 28)
-    grads = []
+def test_compiled_fewshot_loss_and_gradient_equal_eager() -> None:
+    """Inductor-compiled Conv-4 (full width, a 5-way 1-shot query set, float64): the outer loss
+    and its gradient in every backbone weight equal eager's to 1e-9 of the largest entry
+    (reassociated sums: not bit for bit). In float32 the features differ by ~1e-6, which can
+    flip a pooling window's maximum between two near-equal values and move that window's
+    gradient (measured: 1 % of the largest entry, eager float32 against float64 alike), so the
+    gradients are compared where rounding cannot flip one."""
+    task = {n: t.double() if t.is_floating_point() else t
+            for n, t in synthetic_task(np.random.default_rng(0), 5, 1, 19, 28).items()}
+    results = []
     for compile in (False, True):
         problem = FewShot(clients=1, source="synthetic", compile=compile)
         x, y = problem.init_params(0)
-        y = {n: torch.randn_like(p, generator=torch.Generator().manual_seed(2)) for n, p in
-             y.items()}
-        x = {n: p.requires_grad_(True) for n, p in x.items()}
+        y = {n: torch.randn(p.shape, generator=torch.Generator().manual_seed(2),
+                            dtype=torch.float64) for n, p in y.items()}
+        x = {n: p.double().requires_grad_(True) for n, p in x.items()}
         loss = problem.outer_loss(x, y, task)
-        grads.append((loss, torch.autograd.grad(loss, list(x.values()))))
-    (eager_loss, eager), (compiled_loss, compiled) = grads
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+        results.append((loss, torch.autograd.grad(loss, list(x.values()))))
+    (eager_loss, eager), (compiled_loss, compiled) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-12, atol=0)
     scale = max(float(g.abs().max()) for g in eager)
     worst = max(float((a - b).abs().max()) for a, b in zip(compiled, eager))
-    assert worst <= 1e-4 * scale
+    assert worst <= 1e-9 * scale

@@ -4,7 +4,8 @@ backbone's forward and backward, ``--set problem.compile=true``).
 Dynamo keeps one graph per module, input shapes and grad mode, so the five submodel widths of a
 few-shot run compile in its first round (a forward and a backward graph each, per image-set
 size and grad mode) and every later round reuses them; inductor also keeps them on disk, so a
-later run with the same shapes compiles in seconds instead of a minute a width.
+later run with the same shapes compiles about 5× faster (5w1s on a loaded 2-core CPU: 95 s
+against about 500 s).
 """
 
 from __future__ import annotations
