@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from rabo.bench import matmul_flops, runner
+from rabo.bench import estimate, matmul_flops, runner
 from rabo.bench.naive import NaiveLoop
 from rabo.bench.runner import Workload, measure
 from rabo.cli import main
@@ -122,7 +122,8 @@ def test_fewshot_eval_row_times_both_evaluations_and_compares_their_accuracies(
 
 @pytest.mark.parametrize("argv, words", [
     (["--workloads", "fewshot,cifar"], ["unknown workload 'cifar'",
-                                        "allowed: fewshot, fewshot-eval, losstuning, quadratic"]),
+                                        "fewshot-compile, fewshot-eval, losstuning",
+                                        "quadratic, table2-5w1s"]),
     (["--workloads", ","], ["no workload given"]),
     (["--rounds", "0"], ["rounds=0"]),
     (["--warmup", "-1"], ["warmup=-1"]),
@@ -144,3 +145,70 @@ def test_bench_bad_values_exit_2_in_one_line(argv, words, tmp_path, capsys):
 def test_bench_cuda_without_a_gpu_is_a_one_line_error(capsys):
     assert main(["bench", "--device", "cuda", "--out", "unused.json"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_table2_column_configs_are_the_reproductions():
+    """The estimate times what `rabo reproduce table2 --settings 5w1s` runs: every method, the
+    packaged config's 100 rounds, evaluations every 25 and its method tables."""
+    configs = estimate.column_configs()
+    assert list(configs) == ["fedmbo", "protonet", "maml", "static", "oap", "fedrolex",
+                             "fiarse", "rabo", "rafbo", "rabo-cov", "rafbo-cov"]
+    for method, config in configs.items():
+        assert (config.method, config.rounds, config.eval_every) == (method, 100, 25)
+        opts = config.problem_options
+        assert (opts["ways"], opts["shots"], opts["tasks"], opts["source"]) == \
+            (5, 1, 4, "synthetic")
+        assert estimate.evaluations(config) == (3, 3 * 100 + 600)
+    assert configs["protonet"].outer_lr == 0.01 and configs["rabo"].outer_lr == 0.03
+
+
+@pytest.mark.parametrize("rounds, every, expected", [(100, 25, (3, 900)), (10, 3, (3, 900)),
+                                                     (4, 5, (0, 600)), (1, 1, (0, 600))])
+def test_evaluations_count_rounds_before_the_last_and_their_episodes(rounds, every, expected):
+    """Rounds t with t % every == 0 evaluate 100 episodes, the last 600 instead."""
+    config = RunConfig(problem="fewshot", rounds=rounds, eval_every=every,
+                       problem_options={"eval_episodes": 100, "final_episodes": 600})
+    assert estimate.evaluations(config) == expected
+
+
+def test_table2_estimate_row_is_round_times_rounds_plus_episode_times_episodes(
+        tmp_path, monkeypatch, capsys):
+    """`rabo bench --workloads table2-5w1s` on two small synthetic configs: run time = s/round ×
+    rounds + s/episode × episodes, the linear-head methods share one evaluation timing, the
+    total sums the runs, and the table prints a row per method."""
+    small = {"problem_options": {"source": "synthetic", "tasks": 1, "eval_episodes": 3,
+                                 "final_episodes": 5}, "clients": 2, "rounds": 7,
+             "eval_every": 2, "capacities": [1.0, 0.5]}
+    monkeypatch.setattr(estimate, "column_configs", lambda seed, data_dir: {
+        m: RunConfig(problem="fewshot", method=m, **small) for m in ("rabo", "static")})
+    monkeypatch.setattr(estimate, "EVAL_CHUNK", 2)
+    monkeypatch.setattr("rabo.bench.runner.matmul_flops",
+                        lambda device, sizes=None: matmul_flops(device, (64,), 2, 0.0))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--workloads", "table2-5w1s", "--rounds", "2", "--warmup", "0",
+                 "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    (row,) = json.loads(out.read_text())["estimates"]
+    assert row["workload"] == "table2-5w1s" and [r["method"] for r in row["methods"]] == \
+        ["rabo", "static"]
+    for r in row["methods"]:
+        assert (r["rounds"], r["evaluation_rounds"], r["test_episodes"]) == (7, 4, 3 * 3 + 5)
+        assert r["run_seconds"] == pytest.approx(7 * r["round_seconds"]
+                                                 + 14 * r["episode_seconds"])
+    assert row["methods"][0]["episode_seconds"] == row["methods"][1]["episode_seconds"]
+    assert row["total_seconds"] == pytest.approx(sum(r["run_seconds"] for r in row["methods"]))
+    table = capsys.readouterr().out
+    assert "| rabo | " in table and "| static | " in table and "2 runs one after another" in table
+
+
+def test_compile_payoff_is_compile_time_over_time_saved_a_round():
+    """Eager 2.0 s a round (first 3.0), compiled 1.5 s (first 53.0): both first rounds count
+    FLOPs (1.0 s), so compiling took 50.5 s and pays off after 50.5 / 0.5 = 101 rounds."""
+    eager = {"seconds_per_round": 2.0, "warmup_seconds": [3.0]}
+    compiled = {"seconds_per_round": 1.5, "warmup_seconds": [53.0]}
+    out = runner.compile_payoff(eager, compiled)
+    assert out == pytest.approx({"compile_speedup": 4 / 3, "compile_seconds": 50.5,
+                                 "compile_payoff_rounds": 101.0})
+    slower = runner.compile_payoff(eager, {"seconds_per_round": 2.5, "warmup_seconds": [9.0]})
+    assert slower["compile_payoff_rounds"] == math.inf
+    assert math.isnan(runner.compile_payoff(eager, {"seconds_per_round": 1.5,
+                                                    "warmup_seconds": []})["compile_seconds"])

@@ -34,12 +34,15 @@ from ..rounds import RunState
 from ..runtime.simulate import json_safe, simulate_round
 from ..submodel import Params
 from ..tables import markdown
+from .estimate import format_estimate, table2_estimate
 from .fewshot_eval import loop_accuracies, loop_query_logits
 from .naive import NaiveLoop
 from .roofline import Roofline, matmul_flops, synchronize
 
-WORKLOADS = ("fewshot", "fewshot-eval", "losstuning", "quadratic")
+WORKLOADS = ("fewshot", "fewshot-compile", "fewshot-eval", "losstuning", "quadratic",
+             "table2-5w1s")
 EVALUATIONS = ("fewshot-eval",)   # evaluation workloads: batched against a per-episode loop
+ESTIMATES = ("table2-5w1s",)      # run-time estimates of a reproduction (bench/estimate.py)
 QUADRATIC_CLIENTS = (100, 1000)   # the last is the headline row; both give the growth check
 TOLERANCE = 1e-5                  # max |simulator − naive| over every coordinate of x and y
 EVAL_EPISODES = 600               # fewshot-eval: a few-shot run's final_episodes
@@ -68,14 +71,15 @@ def workloads(names: Sequence[str], seed: int = 0, data_dir: str | None = None) 
     for name in names:
         if name not in WORKLOADS:
             raise UnknownNameError("workload", name, WORKLOADS)
-        if name in EVALUATIONS:
+        if name in EVALUATIONS + ESTIMATES:
             continue
-        if name == "fewshot":
+        if name in ("fewshot", "fewshot-compile"):
             source = {"source": "omniglot"} if data_dir else {"source": "synthetic"}
             out.append(Workload(name, RunConfig(
                 problem="fewshot", method="rabo", clients=10, seed=seed, data_dir=data_dir,
                 capacities=list(PAPER_CAPACITIES),
-                problem_options={"ways": 5, "shots": 1, **source})))
+                problem_options={"ways": 5, "shots": 1, **source,
+                                 **({"compile": True} if name == "fewshot-compile" else {})})))
         elif name == "losstuning":
             out.append(Workload(name, RunConfig(problem="losstuning", method="rabo", clients=10,
                                                 seed=seed,
@@ -135,13 +139,16 @@ def _rounds(step: Callable[[int], tuple[float, int]], total: int, warmup: int,
     reset = reset_peak_rss()
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, flops = [], []
+    seconds, flops, warm = [], [], []
     for r in range(total):
         took, fl = step(r)
         if r >= warmup:
             seconds.append(took)
             flops.append(fl)
-    out = {"seconds": seconds, "flops_per_round_all": flops, "peak_rss_bytes": peak_rss(),
+        else:
+            warm.append(took)
+    out = {"seconds": seconds, "warmup_seconds": warm, "flops_per_round_all": flops,
+           "peak_rss_bytes": peak_rss(),
            "peak_rss_since_reset": reset}
     if torch.device(device).type == "cuda":
         out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
@@ -196,7 +203,8 @@ def _summary(raw: dict[str, Any], roofline: Roofline | None) -> dict[str, Any]:
     seconds = statistics.median(raw["seconds"])
     flops = statistics.median(raw["flops_per_round_all"])
     rate = flops / seconds if seconds > 0 else math.nan
-    out = {"seconds_per_round": seconds, "seconds": raw["seconds"], "flops_per_round": flops,
+    out = {"seconds_per_round": seconds, "seconds": raw["seconds"],
+           "warmup_seconds": raw["warmup_seconds"], "flops_per_round": flops,
            "flops_per_s": rate,
            "roofline_fraction": rate / roofline.flops_per_s if roofline else None,
            "peak_rss_mib": raw["peak_rss_bytes"] / MIB, "device": raw["device"]}
@@ -310,6 +318,10 @@ def checks(rows: list[dict[str, Any]],
         out["same_accuracy"] = all(r["same_accuracy"] for r in evaluations)
         out["eval_speedup"] = min(r["speedup"] for r in evaluations)
         out["eval_at_least_5x"] = out["eval_speedup"] >= SPEEDUP_TARGET
+    named = {r["workload"]: r for r in rows}
+    if {"fewshot", "fewshot-compile"} <= named.keys():
+        out.update(compile_payoff(named["fewshot"]["simulator"],
+                                  named["fewshot-compile"]["simulator"]))
     quad = sorted((r for r in rows if r["problem"] == "quadratic"), key=lambda r: r["clients"])
     if quad:
         out["quadratic_peak_rss_mib"] = quad[-1]["simulator"]["peak_rss_mib"]
@@ -322,6 +334,22 @@ def checks(rows: list[dict[str, Any]],
         out["quadratic_growth_exponent"] = exponent
         out["quadratic_at_most_linear"] = exponent <= 1.1
     return out
+
+
+def compile_payoff(eager: dict[str, Any], compiled: dict[str, Any]) -> dict[str, Any]:
+    """``problem.compile``'s figures from the simulator rows of ``fewshot`` and
+    ``fewshot-compile``: the speed-up a round, the compile time (the compiled run's first
+    round over its median, less the eager run's: both count FLOPs in their first round) and
+    the rounds after which it pays off (inf where compiled rounds are not faster); nan without a
+    warm-up round."""
+    if not eager["warmup_seconds"] or not compiled["warmup_seconds"]:
+        return {"compile_speedup": math.nan, "compile_seconds": math.nan,
+                "compile_payoff_rounds": math.nan}
+    extra = [r["warmup_seconds"][0] - r["seconds_per_round"] for r in (eager, compiled)]
+    gain = eager["seconds_per_round"] - compiled["seconds_per_round"]
+    cost = extra[1] - extra[0]
+    return {"compile_speedup": eager["seconds_per_round"] / compiled["seconds_per_round"],
+            "compile_seconds": cost, "compile_payoff_rounds": cost / gain if gain > 0 else math.inf}
 
 
 @contextmanager
@@ -362,6 +390,8 @@ def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = 
             say(f"{name}: batched evaluation and per-episode loop, {EVAL_EPISODES} episodes, "
                 f"{rounds} times each")
             evaluations.append(measure_eval(seed, data_dir, rounds, device, EVAL_EPISODES))
+        estimates = [table2_estimate(seed, data_dir, rounds, warmup, device, say)
+                     for name in names if name in ESTIMATES]
         info = {**machine(device), "load_average_start": load_start,
                 "load_average_end": _load()}
     return {"machine": info,
@@ -370,7 +400,7 @@ def bench(names: Sequence[str], rounds: int = 3, warmup: int = 1, device: str = 
             "settings": {"workloads": list(names), "rounds": rounds, "warmup": warmup,
                          "device": device, "threads": torch.get_num_threads(), "seed": seed,
                          "data_dir": data_dir, "tolerance": TOLERANCE},
-            "workloads": rows, "evaluations": evaluations,
+            "workloads": rows, "evaluations": evaluations, "estimates": estimates,
             "checks": checks(rows, evaluations),
             "wall_seconds": time.perf_counter() - start}
 
@@ -406,6 +436,8 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("evaluations"):
         lines += ["", *markdown(EVALUATION_COLUMNS,
                                 map(_evaluation_row, report["evaluations"]))]
+    for estimate in report.get("estimates", []):
+        lines += format_estimate(estimate)
     return "\n".join([*lines, "", *_check_lines(report)])
 
 
@@ -448,6 +480,10 @@ def _check_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"batched evaluation ≥ {SPEEDUP_TARGET:.0f}× the per-episode loop: "
                      f"{_yes(c['eval_at_least_5x'])} ({c['eval_speedup']:.2f}×), "
                      f"same accuracies: {_yes(c['same_accuracy'])}")
+    if "compile_seconds" in c:
+        lines.append(f"fewshot-compile: {c['compile_speedup']:.2f}× the eager simulator's "
+                     f"round, {c['compile_seconds']:.0f} s of compiling, paid off after "
+                     f"{c['compile_payoff_rounds']:.0f} rounds")
     if "quadratic_rss_under_4gib" in c:
         lines.append(f"quadratic peak RSS {c['quadratic_peak_rss_mib']:.0f} MiB < 4 GiB: "
                      + _yes(c["quadratic_rss_under_4gib"]))

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import lookup
 from ..submodel import ChannelPlan
+from .compiled import CompiledCall, compiled_call
 from .convnets import MLP, Conv4, ConvBlock, SmallCNN
 from .plans import BlockBackbone, Planned, head_plan, merge_plans, with_prefix
 from .resnets import BasicBlock, ResNet12, ResNet12Block, ResNet18
@@ -93,8 +94,8 @@ def build_model(name: str, **kwargs) -> tuple[nn.Module, ChannelPlan]:
 
 
 __all__ = [
-    "MLP", "MODELS", "BasicBlock", "BlockBackbone", "Conv4", "ConvBlock", "PlanError", "Planned",
-    "ResNet12", "ResNet12Block", "ResNet18", "SmallCNN", "build_model", "check_plan", "conv4",
-    "fresh_params", "head_plan", "merge_plans", "mlp", "output_axis", "resnet12", "resnet18",
-    "small_cnn", "trace_plan", "with_prefix",
+    "MLP", "MODELS", "BasicBlock", "BlockBackbone", "CompiledCall", "Conv4", "ConvBlock",
+    "PlanError", "Planned", "ResNet12", "ResNet12Block", "ResNet18", "SmallCNN", "build_model",
+    "check_plan", "compiled_call", "conv4", "fresh_params", "head_plan", "merge_plans", "mlp",
+    "output_axis", "resnet12", "resnet18", "small_cnn", "trace_plan", "with_prefix",
 ]

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .. import streams
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
-from ..models import MODELS, fresh_params, head_plan, merge_plans, rms_scaled
+from ..models import MODELS, compiled_call, fresh_params, head_plan, merge_plans, rms_scaled
 from ..problem import BilevelProblem, Bound, Task
 from ..submodel import ChannelPlan, Params
 
@@ -81,7 +81,7 @@ class FewShot(BilevelProblem):
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.1,
         "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4, "validate": False,
-        "feature_rms": 1.5}
+        "feature_rms": 1.5, "compile": False}
     ranges: ClassVar[dict[str, Bound]] = {
         "ways": Bound(1, 1000), "tasks": Bound(1, 10_000),
         "lam": Bound(0, 1e6), "image_size": Bound(16, 256), "eval_episodes": Bound(1, 10**6),
@@ -259,7 +259,8 @@ class FewShot(BilevelProblem):
         """φ_x(images): the backbone on one set (its own batch statistics), flattened."""
         params = {n.removeprefix("backbone."): p for n, p in x.items()
                   if n.startswith("backbone.")}
-        return rms_scaled(functional_call(self.backbone, params, (images,)).flatten(1),
+        call = compiled_call if self.opts["compile"] else functional_call
+        return rms_scaled(call(self.backbone, params, (images,)).flatten(1),
                           float(self.opts["feature_rms"]))
 
     def features(self, x: Params, data: Episode) -> tuple[Tensor | None, Tensor | None]:
@@ -326,5 +327,5 @@ class FewShot(BilevelProblem):
         return self.outer_loss_from((support, self._embed(x, task["query"])), y, task)
 
     def config(self) -> dict[str, Any]:
-        return dict(self.opts)
+        return {k: v for k, v in self.opts.items() if k != "compile" or v}
 
