@@ -503,10 +503,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                     "round of both, their ratio, the simulator's counted FLOP/s as a fraction "
                     "of the roofline, peak RSS, and whether both end with the same parameters.")
     p.add_argument("--workloads", default="fewshot,losstuning,quadratic",
-                   help="comma-separated: fewshot (Conv-4 5w1s, 10 clients), fewshot-eval "
-                        "(600 test episodes, batched against the per-episode loop), losstuning "
-                        "(digits, 10 clients), quadratic (100 and 1,000 clients) (default: all "
-                        "but fewshot-eval)")
+                   help="comma-separated: fewshot (Conv-4 5w1s, 10 clients), fewshot-compile "
+                        "(the same with problem.compile on), fewshot-eval (600 test episodes, "
+                        "batched against the per-episode loop), table2-5w1s (the run time of "
+                        "table2's 5w1s column, estimated), losstuning (digits, 10 clients), "
+                        "quadratic (100 and 1,000 clients) (default: fewshot,losstuning,"
+                        "quadratic)")
     p.add_argument("--rounds", type=int, default=3,
                    help="timed rounds per workload, after the warm-up; fewshot-eval: timed "
                         "evaluations of each side (default: 3)")
