@@ -33,8 +33,9 @@ from rabo.errors import ConfigError, NoClientsError
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
 from rabo.runtime import flower
+from rabo.runtime.loop import run
 from rabo.runtime.reaper import alive
-from rabo.runtime.simulate import LocalTransport, run
+from rabo.runtime.simulate import LocalTransport
 
 TOL = 1e-6
 

@@ -20,7 +20,9 @@ from rabo.accounting import FlopCache
 from rabo.cli import main
 from rabo.config import RunConfig
 from rabo.experiment import build
-from rabo.runtime.simulate import LocalTransport, RunState, run, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.loop import run
+from rabo.runtime.simulate import LocalTransport, simulate_round
 
 WALL = {"seconds"}
 RUN = [sys.executable, "-m", "rabo.cli", "run", "losstuning", "--rounds", "24",

@@ -19,7 +19,8 @@ from rabo.accounting import FlopCache
 from rabo.cli import main
 from rabo.errors import ConfigError
 from rabo.problems import get_problem
-from rabo.runtime.simulate import RunState, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.simulate import simulate_round
 
 TINY = '''
 """g_i = ½‖y − x‖², f_i = ½‖y − c_i‖² with c_i = i + 1 on every coordinate: y*(x) = x and

@@ -316,7 +316,7 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime.simulate import run
+    from .runtime.loop import run
 
     exp, out = _prepare_run(args)
     cfg = exp.config

@@ -31,7 +31,8 @@ from ..errors import ConfigError, UnknownNameError
 from ..experiment import Experiment, build
 from ..problems.fewshot import EVAL_CHUNK, FewShot
 from ..rounds import RunState
-from ..runtime.simulate import json_safe, simulate_round
+from ..runtime.loop import json_safe
+from ..runtime.simulate import simulate_round
 from ..submodel import Params
 from .fewshot_eval import loop_accuracies, loop_query_logits
 from .naive import NaiveLoop
