@@ -32,7 +32,7 @@ from rabo.config import RunConfig
 from rabo.errors import ConfigError, NoClientsError
 from rabo.experiment import build
 from rabo.rounds import Job, Reply, RunState, run_round
-from rabo.runtime import flower
+from rabo.runtime import flower, local, wire
 from rabo.runtime.loop import run
 from rabo.runtime.reaper import alive
 from rabo.runtime.simulate import LocalTransport
@@ -109,7 +109,7 @@ def assert_same_run(sim: Path, other: Path) -> None:
 def test_wire_keeps_names_dtypes_and_values():
     job = Job(3, {"g": torch.tensor([0, 2, 5])},
               {"w": torch.randn(3, 2, dtype=torch.float64)}, {"b": torch.randn(4), "e": torch.ones(0)})
-    phase, round, [back] = flower.decode_jobs(flower.encode_jobs("outer", 7, [job]))
+    phase, round, [back] = wire.decode_jobs(wire.encode_jobs("outer", 7, [job]))
     assert (phase, round, back.client) == ("outer", 7, 3)
     for got, want in ((back.index, job.index), (back.x, job.x), (back.y, job.y)):
         assert list(got) == list(want)
@@ -188,7 +188,7 @@ def test_silent_erring_and_malformed_nodes_fail_their_clients(task_identity):
         if node == 12:
             return None                                   # never answers
         if node == 13:                                    # Δ of the wrong shape
-            reply.content["2/delta"] = flower.to_record({"y": torch.zeros(1)})
+            reply.content["2/delta"] = wire.to_record({"y": torch.zeros(1)})
         return reply
 
     grid = LoopbackGrid(exp.config.to_dict(), {11: "0,1", 12: "3,4", 13: "2", 14: "5,6",
@@ -313,15 +313,15 @@ def test_flower_cli_names_the_allowed_node_counts(mode, clients, nodes, allowed,
 
 def test_node_count_defaults_and_bounds():
     """3 SuperNodes by default, never more than the clients; one simulated node per client."""
-    assert flower.node_count(None, 10, simulated=False) == 3
-    assert flower.node_count(None, 2, simulated=False) == 2
-    assert flower.node_count(None, 10, simulated=True) == 10
-    assert flower.node_count(10, 10, simulated=False) == 10
-    assert flower.node_count(256, 100_000, simulated=False) == 256
-    assert flower.node_count(5000, 5000, simulated=True) == 5000
+    assert local.node_count(None, 10, simulated=False) == 3
+    assert local.node_count(None, 2, simulated=False) == 2
+    assert local.node_count(None, 10, simulated=True) == 10
+    assert local.node_count(10, 10, simulated=False) == 10
+    assert local.node_count(256, 100_000, simulated=False) == 256
+    assert local.node_count(5000, 5000, simulated=True) == 5000
     for bad in (True, 2.0, "3", 0, 11):
-        with pytest.raises(flower.FlowerError, match=rf"^supernodes={bad!r} is not allowed"):
-            flower.node_count(bad, 10, simulated=False)
+        with pytest.raises(local.FlowerError, match=rf"^supernodes={bad!r} is not allowed"):
+            local.node_count(bad, 10, simulated=False)
 
 
 # --- a real deployment: SuperLink + 3 SuperNodes on 127.0.0.1 ----------------------------------
