@@ -86,8 +86,11 @@ def task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, name, value)
 
 
-def assert_same_run(sim: Path, other: Path) -> None:
-    """Equal final parameters and metrics (all but wall-clock seconds) up to TOL."""
+def assert_same_run(sim: Path, other: Path, exact: bool = True) -> None:
+    """Equal final parameters and metrics (all but wall-clock seconds) up to TOL, the same
+    config.json byte for byte and, if ``exact``, the same final.safetensors byte for byte.
+    Not exact: where the simulator stacks clients (:mod:`rabo.stacked`) that Flower runs on
+    different nodes, in other stacks, whose sums round differently (by an ulp or so)."""
     rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
             for d in (sim, other)]
     assert len(rows[0]) == len(rows[1]) > 0
@@ -102,8 +105,8 @@ def assert_same_run(sim: Path, other: Path) -> None:
     assert final[0].keys() == final[1].keys()
     for name in final[0]:
         assert torch.allclose(final[0][name], final[1][name], rtol=0, atol=TOL), name
-    assert json.loads((sim / "config.json").read_text()) == \
-        json.loads((other / "config.json").read_text())
+    for name in ("final.safetensors", "config.json")[0 if exact else 1:]:
+        assert (sim / name).read_bytes() == (other / name).read_bytes(), name
 
 
 def test_wire_keeps_names_dtypes_and_values():
@@ -154,7 +157,7 @@ def test_flower_app_in_process_matches_simulator(nodes, tmp_path, task_identity)
     assert hosts == {c: 11 + c % 3 for c in range(10)}
     run(build(RunConfig(**config)), tmp_path / "flower", progress=False,
         transport=flower.FlowerTransport(grid, hosts, timeout=5.0))
-    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+    assert_same_run(tmp_path / "sim", tmp_path / "flower", exact=False)   # stacked apart
     # one message per node and phase: 3 hellos, then 2 rounds × 2 phases × 3 nodes
     assert [t for _, t in grid.sent].count("train") == 12
 
@@ -266,7 +269,7 @@ def test_server_app_stops_when_a_phase_gets_no_reply_and_resumes(tmp_path, task_
     assert not (out / "final.safetensors").exists()
     flower.main(LoopbackGrid(config, {11: "0,2", 12: "1,3"}),
                 server_context(config, out, 5.0, resume=True))
-    assert_same_run(tmp_path / "sim", out)
+    assert_same_run(tmp_path / "sim", out, exact=False)                   # stacked apart
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, "nan", float("inf"), "soon"])
@@ -440,7 +443,7 @@ def test_flower_local_matches_simulator(problem, tmp_path):
     assert watch.count("flwr-clientapp") >= 3 * 4       # a message per node and phase
     assert watch.alive() == {}, watch.alive()
     assert "rabo: 3 node(s) host 10 of 10 clients" in log, log
-    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+    assert_same_run(tmp_path / "sim", tmp_path / "flower", exact=problem != "quadratic")
 
 
 def mid_run(out: Path, *flags: str, mode: tuple[str, ...] = ("flower", "local")
@@ -588,7 +591,7 @@ def test_flower_simulate_matches_simulator(tmp_path):
     assert watch.alive() == {}, watch.alive()
     assert "rabo: 3 node(s) host 10 of 10 clients" in log, log
     assert "(Flower, simulation engine, 3 nodes): 2 rounds" in log, log
-    assert_same_run(tmp_path / "sim", tmp_path / "flower")
+    assert_same_run(tmp_path / "sim", tmp_path / "flower", exact=False)   # stacked apart
 
 
 @pytest.mark.slow
@@ -697,4 +700,4 @@ def test_flower_local_survives_a_killed_supernode(tmp_path):
     exp = build(RunConfig(problem="quadratic", method="rabo", rounds=4, clients=10, seed=0))
     run(exp, tmp_path / "sim", progress=False,
         transport=Dropping(LocalTransport(exp, FlopCache()), set(dead), first))
-    assert_same_run(tmp_path / "sim", out)
+    assert_same_run(tmp_path / "sim", out, exact=False)                   # stacked apart
