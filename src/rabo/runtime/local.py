@@ -1,8 +1,8 @@
 """``rabo flower local`` and ``rabo flower simulate``: rabo's Flower apps
-(:mod:`rabo.runtime.flower`) on this machine, a SuperLink and N SuperNodes on 127.0.0.1, or a
-SuperLink whose simulation engine simulates N nodes in Ray actors; the app submitted with
-``flwr run``, its log streamed here, and every process it started stopped when it ends
-(:mod:`rabo.runtime.reaper`, even if this process is killed)."""
+(:mod:`rabo.runtime.flower`) on this machine, a SuperLink and N SuperNodes on 127.0.0.1,
+or a SuperLink whose simulation engine simulates N nodes in Ray actors; the app submitted
+with ``flwr run``, its log streamed here, and every process it started stopped when it
+ends (:mod:`rabo.runtime.reaper`, even if this process is killed)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ..errors import RaboError
 from ..experiment import Experiment
 from .reaper import MARK, stop_marked, supervise
 
-WATCH_SECONDS = 0.5          # how often the SuperLink is checked while ``flwr run`` streams
+WATCH_SECONDS = 0.5       # how often the SuperLink is checked while flwr run streams
 
 
 class FlowerError(RaboError):
@@ -68,23 +68,28 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float, log_file: Path) -> None:
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float,
+                   log_file: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise FlowerError(f"the SuperLink exited with code {proc.returncode}; see {log_file}")
+            raise FlowerError(f"the SuperLink exited with code {proc.returncode}; "
+                              f"see {log_file}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise FlowerError(f"the SuperLink did not listen on 127.0.0.1:{port} within {seconds:g}s")
+    raise FlowerError(f"the SuperLink did not listen on 127.0.0.1:{port} "
+                      f"within {seconds:g}s")
 
 
-def stop_processes(procs: Sequence[subprocess.Popen], work: str, grace: float = 10.0) -> None:
+def stop_processes(procs: Sequence[subprocess.Popen], work: str,
+                   grace: float = 10.0) -> None:
     """Stop every process of the run marked with ``work`` (:func:`~rabo.runtime.reaper.
     stop_marked`: those started here and all they started, Flower's SuperExec and app
-    processes included, wherever they were reparented), SIGKILL after ``grace`` seconds, and
-    reap those started here (without Linux's /proc, only these are found, and killed)."""
+    processes included, wherever they were reparented), SIGKILL after ``grace`` seconds,
+    and reap those started here (without Linux's /proc, only these are found, and
+    killed)."""
     stop_marked(work, grace)
     for p in procs:
         if p.poll() is None:
@@ -98,10 +103,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @dataclass(frozen=True)
 class SimulationEngine:
-    """Flower's simulation engine in place of SuperNode processes: the SuperLink simulates the
-    nodes and runs the ClientApp in a pool of Ray actors, one per ``node_cpus`` of the ``cpus``
-    Ray may use (default: all of this machine's), each with ``node_gpus`` GPUs (a fraction
-    shares one GPU among actors)."""
+    """Flower's simulation engine in place of SuperNode processes: the SuperLink
+    simulates the nodes and runs the ClientApp in a pool of Ray actors, one per
+    ``node_cpus`` of the ``cpus`` Ray may use (default: all of this machine's), each with
+    ``node_gpus`` GPUs (a fraction shares one GPU among actors)."""
 
     cpus: int | None = None
     node_cpus: int = 1
@@ -111,32 +116,38 @@ class SimulationEngine:
         cpus = self.ray_cpus
         for name, value in (("cpus", cpus), ("node_cpus", self.node_cpus)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FlowerError(f"{name}={value!r} is not allowed; give an integer ≥ 1")
+                raise FlowerError(f"{name}={value!r} is not allowed; "
+                                  f"give an integer ≥ 1")
         if self.node_cpus > cpus:
-            raise FlowerError(f"node_cpus={self.node_cpus} is more than the {cpus} CPU(s) Ray "
-                              f"may use, so no node could run; give node_cpus ≤ cpus")
+            raise FlowerError(f"node_cpus={self.node_cpus} is more than the {cpus} "
+                              f"CPU(s) Ray may use, so no node could run; "
+                              f"give node_cpus ≤ cpus")
         if not (math.isfinite(self.node_gpus) and self.node_gpus >= 0):
-            raise FlowerError(f"node_gpus={self.node_gpus!r} is not allowed; give a number ≥ 0")
+            raise FlowerError(f"node_gpus={self.node_gpus!r} is not allowed; "
+                              f"give a number ≥ 0")
 
     @property
     def ray_cpus(self) -> int:
         return (os.cpu_count() or 1) if self.cpus is None else self.cpus
 
     def federation_config(self, supernodes: int) -> str:
-        """The ``--federation-config`` of ``flwr run`` for ``supernodes`` simulated nodes."""
+        """The ``--federation-config`` of ``flwr run`` for ``supernodes`` simulated
+        nodes."""
         return (f"num-supernodes={supernodes} init-args-num-cpus={self.ray_cpus} "
                 f"client-resources-num-cpus={self.node_cpus} "
                 f"client-resources-num-gpus={float(self.node_gpus)}")
 
 
-def _run_outcome(env: dict[str, str], flwr: str, seconds: float = 30.0) -> tuple[str, str]:
+def _run_outcome(env: dict[str, str], flwr: str,
+                 seconds: float = 30.0) -> tuple[str, str]:
     """Status (e.g. ``finished:failed``) and its details of the run on this FLWR_HOME's
     SuperLink, once finished (``flwr list``; the SuperLink holds only this run)."""
     deadline = time.monotonic() + seconds
     status = details = ""
     while time.monotonic() < deadline:
         listing = subprocess.run([flwr, "list", "--format", "json"], env=env, text=True,
-                                 capture_output=True, stdin=subprocess.DEVNULL, check=False)
+                                 capture_output=True, stdin=subprocess.DEVNULL,
+                                 check=False)
         try:
             runs = json.loads(listing.stdout)["runs"]
             status, details = str(runs[-1]["status"]), str(runs[-1]["status-details"])
@@ -152,11 +163,11 @@ MAX_SUPERNODES = 256
 
 
 def node_count(supernodes: int | None, clients: int, simulated: bool) -> int:
-    """The nodes of a run of ``clients`` clients: ``supernodes`` (default: 3 SuperNodes, or on
-    the simulation engine one node per client, never more than ``clients``), refused unless
-    an integer from 1 to ``clients``: node k hosts clients k, k+N, …, so one more would host
-    none. SuperNodes are processes (two each with its SuperExec), at most
-    :data:`MAX_SUPERNODES`; a simulated node is a record in the SuperLink."""
+    """The nodes of a run of ``clients`` clients: ``supernodes`` (default: 3 SuperNodes,
+    or on the simulation engine one node per client, never more than ``clients``),
+    refused unless an integer from 1 to ``clients``: node k hosts clients k, k+N, …, so
+    one more would host none. SuperNodes are processes (two each with its SuperExec), at
+    most :data:`MAX_SUPERNODES`; a simulated node is a record in the SuperLink."""
     if supernodes is None:
         return clients if simulated else min(3, clients)
     most = clients if simulated else min(clients, MAX_SUPERNODES)
@@ -164,8 +175,8 @@ def node_count(supernodes: int | None, clients: int, simulated: bool) -> int:
             or not 1 <= supernodes <= most:
         why = "one node per client at most" if most == clients else \
             f"at most {MAX_SUPERNODES} SuperNode processes"
-        raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer from 1 to "
-                          f"{most} ({why}, {clients} clients)")
+        raise FlowerError(f"supernodes={supernodes!r} is not allowed; give an integer "
+                          f"from 1 to {most} ({why}, {clients} clients)")
     return supernodes
 
 
@@ -180,8 +191,8 @@ def _ended(code: int) -> str:
 
 
 def _stop_when_ended(link: subprocess.Popen, flwr: subprocess.Popen) -> threading.Event:
-    """Watch the SuperLink while ``flwr run`` streams: if it ends first, stop ``flwr run``
-    (it would wait for the SuperLink); returns the event that ends the watch."""
+    """Watch the SuperLink while ``flwr run`` streams: if it ends first, stop ``flwr
+    run`` (it would wait for the SuperLink); returns the event that ends the watch."""
     done = threading.Event()
 
     def watch() -> None:
@@ -197,16 +208,16 @@ def _stop_when_ended(link: subprocess.Popen, flwr: subprocess.Popen) -> threadin
 def run_local(exp: Experiment, out: Path, supernodes: int | None = None,
               timeout: float = 600.0, resume: bool = False, quiet: bool = False,
               engine: SimulationEngine | None = None) -> None:
-    """Run ``exp`` on Flower on this machine: a SuperLink and ``supernodes`` SuperNodes on
-    127.0.0.1 (node k hosts clients k, k+N, k+2N, …), or with ``engine`` a SuperLink that
-    simulates ``supernodes`` nodes (node p: partition-id p, hosting the same clients), the app
-    submitted with ``flwr run``, its log streamed here; the ServerApp writes ``out`` as
-    ``rabo run`` does. A run the ServerApp failed (e.g. no client answered a phase) or whose
-    SuperLink ended raises :class:`FlowerError` with its reason, the logs of every process
-    kept in the temporary folder it names; else that folder is removed. Every process started
-    here, and all they start, is stopped on return, failure, Ctrl-C or SIGTERM, and by the
-    run's supervisor (:mod:`rabo.runtime.reaper`), with the folder, if this process is
-    killed."""
+    """Run ``exp`` on Flower on this machine: a SuperLink and ``supernodes`` SuperNodes
+    on 127.0.0.1 (node k hosts clients k, k+N, k+2N, …), or with ``engine`` a SuperLink
+    that simulates ``supernodes`` nodes (node p: partition-id p, hosting the same
+    clients), the app submitted with ``flwr run``, its log streamed here; the ServerApp
+    writes ``out`` as ``rabo run`` does. A run the ServerApp failed (e.g. no client
+    answered a phase) or whose SuperLink ended raises :class:`FlowerError` with its
+    reason, the logs of every process kept in the temporary folder it names; else that
+    folder is removed. Every process started here, and all they start, is stopped on
+    return, failure, Ctrl-C or SIGTERM, and by the run's supervisor
+    (:mod:`rabo.runtime.reaper`), with the folder, if this process is killed."""
     supernodes = node_count(supernodes, exp.config.clients, engine is not None)
     timeout = check_seconds("timeout", timeout, PHASE_TIMEOUT_MAX)
     started = time.time()
@@ -217,7 +228,7 @@ def run_local(exp: Experiment, out: Path, supernodes: int | None = None,
     processes = LocalRun(work)
     keep_logs = False
     on_term = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+    if threading.current_thread() is threading.main_thread():  # SIGTERM: as Ctrl-C
         on_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         link = processes.federation(exp, out, supernodes, timeout, resume, engine)
@@ -234,26 +245,29 @@ def run_local(exp: Experiment, out: Path, supernodes: int | None = None,
 
 
 class LocalRun:
-    """The processes of one :func:`run_local`, their logs and Flower's files in ``work`` (the
-    run's temporary folder); each marked with ``work`` (:data:`~rabo.runtime.reaper.MARK`) so
-    the supervisor finds them and all they start."""
+    """The processes of one :func:`run_local`, their logs and Flower's files in ``work``
+    (the run's temporary folder); each marked with ``work``
+    (:data:`~rabo.runtime.reaper.MARK`) so the supervisor finds them and all they start.
+    """
 
     def __init__(self, work: Path):
         self.work, self.bin = work, str(Path(sys.executable).parent)
         self.procs: list[subprocess.Popen] = []
-        self.env = dict(os.environ, FLWR_HOME=str(work / "home"), FLWR_TELEMETRY_ENABLED="0",
-                        FLWR_DISABLE_UPDATE_CHECK="1", FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
-                        PYTHONUNBUFFERED="1",
+        self.env = dict(os.environ, FLWR_HOME=str(work / "home"),
+                        FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+                        FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2", PYTHONUNBUFFERED="1",
                         PATH=self.bin + os.pathsep + os.environ.get("PATH", ""),
                         RAY_ADDRESS="local", RAY_TMPDIR=str(work),  # a Ray of its own
-                        **{MARK: str(work)})                         # how every process is found
+                        **{MARK: str(work)})                # how every process is found
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        """Start ``command`` (a Flower executable of this Python's), its output in NAME.log."""
+        """Start ``command`` (a Flower executable of this Python's), its output in
+        NAME.log."""
         log_file = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
         self.procs.append(subprocess.Popen([f"{self.bin}/{command[0]}", *command[1:]],
                                            env=self.env, stdout=log_file,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL,
                                            start_new_session=True))
         log_file.close()
         return self.procs[-1]
@@ -261,7 +275,8 @@ class LocalRun:
     def federation(self, exp: Experiment, out: Path, supernodes: int, timeout: float,
                    resume: bool, engine: SimulationEngine | None) -> subprocess.Popen:
         """Write the Flower config and the app, start the SuperLink (with ``engine``: its
-        simulation engine) and, without ``engine``, the SuperNodes; returns the SuperLink."""
+        simulation engine) and, without ``engine``, the SuperNodes; returns the
+        SuperLink."""
         link_port, *node_ports = _free_ports(1 + (supernodes if engine is None else 0))
         (self.work / "home").mkdir()
         (self.work / "home" / "config.toml").write_text(
@@ -285,16 +300,17 @@ class LocalRun:
                                           "--node-config", f'client-ids="{ids}"'])
         return link
 
-    def submit(self, link: subprocess.Popen, engine: SimulationEngine | None, supernodes: int,
-               quiet: bool) -> subprocess.Popen:
-        """``flwr run`` of the app, its log streamed to flwr-run.log and, unless ``quiet``,
-        here, until it ends (stopped if the SuperLink ends first)."""
+    def submit(self, link: subprocess.Popen, engine: SimulationEngine | None,
+               supernodes: int, quiet: bool) -> subprocess.Popen:
+        """``flwr run`` of the app, its log streamed to flwr-run.log and, unless
+        ``quiet``, here, until it ends (stopped if the SuperLink ends first)."""
         federation = [] if engine is None else \
             ["--federation-config", engine.federation_config(supernodes)]
-        flwr = subprocess.Popen([f"{self.bin}/flwr", "run", str(self.work / "app"), "--stream",
-                                 *federation],
-                                env=self.env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        flwr = subprocess.Popen([f"{self.bin}/flwr", "run", str(self.work / "app"),
+                                 "--stream", *federation],
+                                env=self.env, stdin=subprocess.DEVNULL,
+                                start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
         self.procs.append(flwr)
         watching = _stop_when_ended(link, flwr)
         try:
@@ -315,14 +331,17 @@ class LocalRun:
         ``out``'s final.safetensors after ``started``."""
         work = self.work
         if link.poll() is not None:
-            raise FlowerError(f"the SuperLink {_ended(link.returncode)} during the run; the "
-                              f"run's last checkpoint stays in {str(out)!r}; logs in {work}")
+            raise FlowerError(f"the SuperLink {_ended(link.returncode)} during the run; "
+                              f"the run's last checkpoint stays in {str(out)!r}; "
+                              f"logs in {work}")
         if flwr.returncode != 0:
-            raise FlowerError(f"'flwr run' exited with code {flwr.returncode}; logs in {work}")
+            raise FlowerError(f"'flwr run' exited with code {flwr.returncode}; "
+                              f"logs in {work}")
         status, details = _run_outcome(self.env, f"{self.bin}/flwr")
         if status != "finished:completed":
             reason = re.sub(r"^\w+ failed with exception: ", "", details).strip()
-            reason = reason.splitlines()[0] if reason else f"it ended {status or 'unknown'}"
+            ended = f"it ended {status or 'unknown'}"
+            reason = reason.splitlines()[0] if reason else ended
             raise FlowerError(f"the Flower run failed: {reason}; logs in {work}")
         final = out / "final.safetensors"
         if not final.exists() or final.stat().st_mtime < started:

@@ -1,7 +1,7 @@
-"""Independent runs in a pool of worker processes (``rabo reproduce --jobs N``): each worker is
-spawned (never forked after torch started its threads), sets its own torch thread count and
-runs one task after another; Ctrl-C stops every worker once, so that each run checkpoints,
-and waits for them."""
+"""Independent runs in a pool of worker processes (``rabo reproduce --jobs N``): each
+worker is spawned (never forked after torch started its threads), sets its own torch
+thread count and runs one task after another; Ctrl-C stops every worker once, so that
+each run checkpoints, and waits for them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-# a task runs fn(*args) in a worker and answers an outcome: (DONE | DIVERGED | FAILED, why)
+# a task runs fn(*args) in a worker and answers (DONE | DIVERGED | FAILED, why)
 Outcome = tuple[str, str]
 Task = Callable[..., Outcome]
 DONE, DIVERGED, FAILED = "done", "diverged", "failed"
@@ -21,9 +21,10 @@ STARTED, FINISHED = "started", "finished"
 
 
 def _serve(conn: Connection, fn: Task, threads: int) -> None:
-    """A worker: in a process group of its own, so that a Ctrl-C at the terminal reaches the
-    parent only and each worker is stopped exactly once, by the parent (a second SIGINT during
-    the run's checkpoint would interrupt it); runs the tasks it is sent until None."""
+    """A worker: in a process group of its own, so that a Ctrl-C at the terminal reaches
+    the parent only and each worker is stopped exactly once, by the parent (a second
+    SIGINT during the run's checkpoint would interrupt it); runs the tasks it is sent
+    until None."""
     import torch
 
     os.setpgrp()
@@ -33,16 +34,17 @@ def _serve(conn: Connection, fn: Task, threads: int) -> None:
             name, args = task
             conn.send((name, fn(*args)))
     except (KeyboardInterrupt, EOFError):
-        pass                      # stopped by the parent (the run checkpointed), or it is gone
+        pass              # stopped by the parent (the run checkpointed), or it is gone
 
 
 def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
               report: Callable[[str, str, Outcome | None], None]) -> dict[str, Outcome]:
-    """Run ``fn(*tasks[name])`` for every name in ``jobs`` worker processes of ``threads``
-    torch threads each, in order as workers come free; ``report(name, STARTED | FINISHED,
-    outcome)`` in this process as each starts and ends. Returns name → outcome; a worker
-    that dies fails its task and is replaced. On KeyboardInterrupt every worker gets
-    one SIGINT and is waited for (a second Ctrl-C meanwhile is ignored), then it is re-raised."""
+    """Run ``fn(*tasks[name])`` for every name in ``jobs`` worker processes of
+    ``threads`` torch threads each, in order as workers come free; ``report(name, STARTED
+    | FINISHED, outcome)`` in this process as each starts and ends. Returns name →
+    outcome; a worker that dies fails its task and is replaced. On KeyboardInterrupt
+    every worker gets one SIGINT and is waited for (a second Ctrl-C meanwhile is
+    ignored), then it is re-raised."""
     pool = _Pool(fn, threads, list(tasks.items()), report)
     seen: list[int] = []
 
@@ -71,8 +73,9 @@ def run_tasks(fn: Task, tasks: dict[str, tuple], jobs: int, threads: int,
 
 
 class _Pool:
-    """:func:`run_tasks`'s workers: ``queue`` holds the tasks not yet sent, ``running`` the
-    task name of each busy worker (by its connection), ``outcomes`` those finished."""
+    """:func:`run_tasks`'s workers: ``queue`` holds the tasks not yet sent, ``running``
+    the task name of each busy worker (by its connection), ``outcomes`` those finished.
+    """
 
     def __init__(self, fn: Task, threads: int, queue: list[tuple[str, tuple]],
                  report: Callable[[str, str, Outcome | None], None]):
@@ -109,12 +112,13 @@ class _Pool:
             self.report(task[0], STARTED, None)
 
     def collect(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for workers to answer or die; record each answer
-        (feeding that worker its next task) and fail the task of each that died (a new
-        worker in its place while tasks remain)."""
+        """Wait up to ``timeout`` seconds for workers to answer or die; record each
+        answer (feeding that worker its next task) and fail the task of each that died (a
+        new worker in its place while tasks remain)."""
         ready = wait([*self.running, *(self.workers[c].sentinel for c in self.running)],
                      timeout=timeout)
-        for conn in [c for c in self.running if c in ready or self.workers[c].sentinel in ready]:
+        for conn in [c for c in self.running
+                     if c in ready or self.workers[c].sentinel in ready]:
             name = self.running.pop(conn)
             try:
                 reply = conn.recv()
@@ -135,7 +139,8 @@ class _Pool:
 
 
 def _stop(procs: list[BaseProcess]) -> None:
-    """SIGINT to every live worker (its run checkpoints and it exits), then wait for all."""
+    """SIGINT to every live worker (its run checkpoints and it exits), then wait for all.
+    """
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for proc in procs:
