@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rabo.aggregate import aggregate, cover_stats
+from rabo.server import aggregate, cover_stats
 from rabo.submodel import Axis, ChannelPlan
 
 
@@ -40,7 +40,7 @@ def test_gamma_scales_the_mean_update_and_full_cover_counts_clients():
 
 
 def test_channel_cover_counts_clients_per_channel_of_the_groups_the_tensors_follow():
-    from rabo.aggregate import channel_cover
+    from rabo.server import channel_cover
 
     plan = ChannelPlan({"a": 4, "b": 2, "c": 3}, {"w": (Axis("a"), None),
                                                   "v": (Axis("b"), Axis("a", repeat=2)),

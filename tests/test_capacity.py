@@ -6,7 +6,7 @@ from rabo.capacity import CapacitySchedule, read_trace
 from rabo.config import RunConfig
 from rabo.errors import ConfigError
 from rabo.experiment import build
-from rabo.runtime.simulate import run
+from rabo.runtime.loop import run
 
 
 def test_short_lists_spread_in_equal_blocks():

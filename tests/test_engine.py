@@ -6,7 +6,9 @@ import torch
 from rabo.accounting import FlopCache
 from rabo.config import RunConfig
 from rabo.experiment import build
-from rabo.runtime.simulate import RunState, run, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.loop import run
+from rabo.runtime.simulate import simulate_round
 
 PAPER_MIX = [1.0, 0.5, 0.25, 0.125, 0.0625]
 

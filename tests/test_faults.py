@@ -11,7 +11,9 @@ from rabo.accounting import FlopCache
 from rabo.config import RunConfig
 from rabo.errors import ConfigError
 from rabo.experiment import build
-from rabo.runtime.simulate import RunState, run, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.loop import run
+from rabo.runtime.simulate import simulate_round
 from rabo.server import participants
 
 

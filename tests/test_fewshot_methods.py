@@ -16,7 +16,7 @@ from rabo.experiment import build
 from rabo.hypergrad import hypergradient
 from rabo.models import rms_scaled
 from rabo.problems.fewshot import FewShot, synthetic_task
-from rabo.runtime.simulate import run
+from rabo.runtime.loop import run
 
 
 def synthetic(**options):

@@ -6,7 +6,7 @@ import torch
 from rabo.config import RunConfig
 from rabo.experiment import build
 from rabo.problems.losstuning import balanced_cross_entropy, vs_loss
-from rabo.runtime.simulate import run
+from rabo.runtime.loop import run
 
 
 def test_vs_loss_at_zero_is_cross_entropy_and_weights_reweight():

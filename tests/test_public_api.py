@@ -28,7 +28,7 @@ def test_help_lists_the_public_api():
 
 @pytest.mark.parametrize("kind", [str, Path])
 def test_simulate_takes_the_run_directory_and_data_dir_as_str_or_path(kind, tmp_path):
-    """Regression: rabo.runtime.simulate.run(exp, "dir") failed with AttributeError on a str,
+    """Regression: rabo.runtime.loop.run(exp, "dir") failed with AttributeError on a str,
     and a Path as data_dir could not be written to config.json."""
     config = rabo.RunConfig(problem="quadratic", rounds=2, clients=4, capacities=[1.0],
                             data_dir=kind(tmp_path))

@@ -11,7 +11,7 @@ from rabo.cli import main
 from rabo.config import RunConfig
 from rabo.experiment import build
 from rabo.report import FIGURES, Run, load_runs, series
-from rabo.runtime.simulate import run
+from rabo.runtime.loop import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -345,11 +345,11 @@ def test_an_interrupted_grid_resumes_its_unfinished_run_from_the_checkpoint(tmp_
 
     from rabo.config import RunConfig
     from rabo.reproduce import run_grid
-    from rabo.runtime import simulate
+    from rabo.runtime import loop
 
     config = RunConfig(method="rabo", rounds=6, eval_every=3, checkpoint_every=2)
     (whole,) = run_grid({"r": config}, tmp_path / "whole", progress=False)
-    real, calls, stop = simulate.run_round, [], [True]
+    real, calls, stop = loop.run_round, [], [True]
 
     def interrupted(exp, state, transport):
         calls.append(state.round)
@@ -358,7 +358,7 @@ def test_an_interrupted_grid_resumes_its_unfinished_run_from_the_checkpoint(tmp_
             raise KeyboardInterrupt
         return real(exp, state, transport)
 
-    monkeypatch.setattr(simulate, "run_round", interrupted)
+    monkeypatch.setattr(loop, "run_round", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_grid({"r": config}, tmp_path / "cut", progress=False)
     calls.clear()

@@ -20,7 +20,9 @@ from rabo.accounting import FlopCache
 from rabo.cli import main
 from rabo.config import RunConfig
 from rabo.experiment import build
-from rabo.runtime.simulate import LocalTransport, RunState, run, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.loop import run
+from rabo.runtime.simulate import LocalTransport, simulate_round
 
 WALL = {"seconds"}
 RUN = [sys.executable, "-m", "rabo.cli", "run", "losstuning", "--rounds", "24",
@@ -163,6 +165,27 @@ def test_load_returns_tensors_in_the_problems_order(tmp_path):
     lx, ly, done, config = checkpoint.load(tmp_path, (x, y))
     assert list(lx) == ["b", "a"] and list(ly) == ["z.w", "a.w"] and done == 3
     assert all(torch.equal(lx[n], x[n]) for n in x) and config == {"problem": "p"}
+
+
+def test_the_same_tensors_and_metadata_are_written_as_the_same_bytes(tmp_path):
+    """Regression: safetensors writes the metadata in a random order, so the same state gave
+    other bytes each time (a Flower run's final.safetensors differed from the simulator's);
+    now each write gives one byte string, a header of sorted metadata that loads back."""
+    x = {"b": torch.ones(2), "a": torch.arange(3.0, dtype=torch.float64)}
+    meta = {"format": "f", "round": "3", "zeta": "ζ", "alpha": "a", "config": '{"k": 1}'}
+    files = [tmp_path / f"{k}.safetensors" for k in range(12)]
+    for path in files:
+        checkpoint.write_tensors(path, x, meta)
+    data = files[0].read_bytes()
+    assert {p.read_bytes() for p in files} == {data}
+    size = int.from_bytes(data[:8], "little")
+    header = data[8:8 + size]
+    assert size % 8 == 0 and len(header) - len(header.rstrip(b" ")) < 8   # padded as before
+    assert list(json.loads(header)["__metadata__"]) == \
+        ["alpha", "config", "format", "round", "sha256", "zeta"]
+    tensors, back = checkpoint.read_tensors(files[0])
+    assert {k: v for k, v in back.items() if k != "sha256"} == meta
+    assert tensors.keys() == x.keys() and all(torch.equal(tensors[n], x[n]) for n in x)
 
 
 def test_ctrl_c_checkpoints_and_exits_with_one_line(tmp_path):

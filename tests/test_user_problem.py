@@ -19,7 +19,8 @@ from rabo.accounting import FlopCache
 from rabo.cli import main
 from rabo.errors import ConfigError
 from rabo.problems import get_problem
-from rabo.runtime.simulate import RunState, simulate_round
+from rabo.rounds import RunState
+from rabo.runtime.simulate import simulate_round
 
 TINY = '''
 """g_i = ½‖y − x‖², f_i = ½‖y − c_i‖² with c_i = i + 1 on every coordinate: y*(x) = x and
@@ -103,6 +104,15 @@ def test_file_reference_runs_the_users_problem_to_its_closed_form(tiny):
     rows = _rows(tiny / "run")
     assert [r["round"] for r in rows if "distance" in r] == [2, 4]
     assert rows[-1]["distance"] == pytest.approx(c_bar * 0.5 ** 4 * 2, abs=1e-12)  # √dim = 2
+
+
+def test_progress_names_a_users_problem_by_its_short_name(tiny, capsys):
+    """The progress line (stderr, not a terminal: a line per evaluation round) says "tiny", the
+    class's ``name``, not the absolute file reference config.json stores (it did before)."""
+    assert main(["run", "tiny.py:Tiny", *FULL[:-1], "--out", "run"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": round " in line]
+    assert [line.split(" inner_loss")[0] for line in lines] == [
+        "fedmbo on tiny: round 2/4", "fedmbo on tiny: round 4/4"]
 
 
 def test_module_reference_and_config_file_run_the_same_problem(tiny):

@@ -19,7 +19,7 @@ _LAZY = {  # name -> (module, attribute)
     "hypergradient": ("hypergrad", "hypergradient"), "check_plan": ("models.trace", "check_plan"),
     "trace_plan": ("models.trace", "trace_plan"),
     "BilevelProblem": ("problem", "BilevelProblem"), "Objective": ("problem", "Objective"),
-    "RunState": ("rounds", "RunState"), "simulate": ("runtime.simulate", "run"),
+    "RunState": ("rounds", "RunState"), "simulate": ("runtime.loop", "run"),
     "Axis": ("submodel", "Axis"), "ChannelPlan": ("submodel", "ChannelPlan"),
     "Params": ("submodel", "Params"), "Task": ("problem", "Task")}
 

@@ -42,10 +42,24 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """``tensors`` and ``meta`` as a sealed safetensors file at ``path``, atomically."""
+    """``tensors`` and ``meta`` as a sealed safetensors file at ``path``, atomically; the same
+    tensors and metadata give the same bytes (:func:`_sorted_metadata`)."""
     tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
     meta = {**meta, SEAL: _digest(tensors, meta)}
-    atomic_write(path, save_bytes(tensors, metadata=meta))
+    atomic_write(path, _sorted_metadata(save_bytes(tensors, metadata=meta)))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """Safetensors file ``data`` with the metadata in its header in key order. The library
+    writes it in a random order (a Rust HashMap, seeded anew each time), so the same run
+    wrote different bytes each time; the header is padded with spaces to 8 bytes as the
+    library pads it, and the tensors' bytes follow unchanged (offsets count from there)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -342,7 +342,7 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Experiment, Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime.simulate import run
+    from .runtime.loop import run
 
     exp, out = _prepare_run(args)
     cfg = exp.config
@@ -472,7 +472,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     if simulated and importlib.util.find_spec("ray") is None:
         raise ConfigError("rabo flower simulate needs Ray; install it with pip install "
                           "'rabo[flower]' (Flower's simulation extra)")
-    from .runtime.flower import SimulationEngine, node_count, run_local
+    from .runtime.local import SimulationEngine, node_count, run_local
 
     engine = SimulationEngine(args.cpus, args.node_cpus, args.node_gpus) if simulated else None
     given = None if args.resume else config_from_args(args)

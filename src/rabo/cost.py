@@ -11,7 +11,8 @@ from .accounting import FlopCache
 from .config import RunConfig
 from .experiment import build
 from .methods import METHODS
-from .runtime.simulate import RunState, simulate_round
+from .rounds import RunState
+from .runtime.simulate import simulate_round
 from .tables import markdown
 
 COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")

@@ -64,8 +64,8 @@ from .masks.segments import segment_channels
 from .problems import FewShot
 from .report import Run, bars, load_runs, plot, summarize
 from .rounds import divergence
+from .runtime.loop import run
 from .runtime.pool import DIVERGED, DONE, FAILED, FINISHED, STARTED, run_tasks
-from .runtime.simulate import run
 from .tables import write_csv, write_markdown, write_table
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")

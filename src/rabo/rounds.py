@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from . import server
 from .accounting import message_bytes, nbytes
-from .aggregate import channel_cover
 from .experiment import Experiment
 from .metrics import mean
 from .submodel import ChannelPlan, Params, SubmodelIndex
@@ -169,8 +168,8 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
 def channel_metrics(plan: ChannelPlan, params: Params, indices: list[SubmodelIndex],
                     name: str) -> dict[str, Any]:
     """``channel_cover_{name}_min`` / ``_mean``: the fewest / mean number of the round's accepted
-    clients that keep a channel of ``params``' groups (:func:`~rabo.aggregate.channel_cover`)."""
-    fewest, mean = channel_cover(plan, list(params), indices)
+    clients that keep a channel of ``params``' groups (:func:`~rabo.server.channel_cover`)."""
+    fewest, mean = server.channel_cover(plan, list(params), indices)
     return {f"channel_cover_{name}_min": fewest, f"channel_cover_{name}_mean": mean}
 
 

@@ -31,7 +31,8 @@ from ..errors import ConfigError, UnknownNameError
 from ..experiment import Experiment, build
 from ..problems.fewshot import EVAL_CHUNK, FewShot
 from ..rounds import RunState
-from ..runtime.simulate import json_safe, simulate_round
+from ..runtime.loop import json_safe
+from ..runtime.simulate import simulate_round
 from ..submodel import Params
 from ..tables import markdown
 from .estimate import format_estimate, table2_estimate
