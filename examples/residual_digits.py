@@ -122,6 +122,10 @@ class ResidualDigits(rabo.BilevelProblem):
     def outer_loss(self, x: rabo.Params, y: rabo.Params, data: Batch) -> Tensor:
         return self._loss(x, y, data)
 
+    def plan_models(self) -> list[rabo.PlanModel]:
+        """The network the plan prunes, on two digits: building a run checks the plan on it."""
+        return [rabo.PlanModel(self.net, self.images[:2])]
+
     def evaluate(self, x: rabo.Params, y: rabo.Params, final: bool) -> dict[str, float]:
         with torch.no_grad():
             logits = functional_call(self.net, {**x, **y}, (self.images[self.test],))

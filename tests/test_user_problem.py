@@ -241,3 +241,55 @@ def test_a_problem_object_built_for_other_clients_names_its_class(tiny):
     exp = rabo.build(rabo.RunConfig(clients=5, capacities=[1.0], method="fedmbo"), problem)
     assert exp.config.problem == "tiny" and math.isclose(exp.config.outer_lr, 0.5)
 
+
+
+WRONG_PLAN = '''
+import sys
+sys.path.insert(0, {examples!r})
+import rabo
+from residual_digits import ResidualDigits
+
+
+class OwnShortcut(ResidualDigits):
+    """The example with a shape-compatible wrong plan: block2's shortcut in its own group."""
+
+    def __init__(self, clients, seed=0, data_dir=None, **options):
+        super().__init__(clients, seed, data_dir, **options)
+        dims = dict(self.plan.dims)
+        own = dims["block2.conv2.weight"][0]
+        for name in ("block2.shortcut.0.weight", "block2.shortcut.1.weight",
+                     "block2.shortcut.1.bias"):
+            dims[name] = (rabo.Axis("own"),) + dims[name][1:]
+        self.plan = rabo.ChannelPlan(self.plan.groups | {{"own": self.plan.groups[own.group]}},
+                                     dims)
+'''
+
+
+def test_building_a_run_checks_the_plan_on_the_problems_models(tmp_path, capsys):
+    """A wrong but shape-compatible plan of a user's model is refused when the run is built
+    (check_plan on ``plan_models()``), in one line naming the group, before any round or file;
+    the example's own traced plan passes the same check."""
+    examples = str(Path(__file__).resolve().parent.parent / "examples")
+    (tmp_path / "wrong.py").write_text(WRONG_PLAN.format(examples=examples))
+    out = tmp_path / "run"
+    code = main(["run", f"{tmp_path / 'wrong.py'}:OwnShortcut", "--rounds", "1", "--clients", "5",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("rabo: error:")
+    assert "'own'" in err or "block2" in err
+    assert not out.exists()
+    cfg = rabo.RunConfig(problem=f"{examples}/residual_digits.py:ResidualDigits", clients=5,
+                         rounds=1)
+    assert rabo.build(cfg).problem.plan_models()[0].module is not None
+
+
+def test_a_problem_without_plan_models_is_not_checked_and_model_plan_renames():
+    from rabo.experiment import model_plan
+    from rabo.submodel import Axis, ChannelPlan
+
+    assert rabo.BilevelProblem().plan_models() == ()
+    net = torch.nn.Linear(3, 2)
+    plan = ChannelPlan({"g": 2, "other": 4}, {"bb.weight": (Axis("g"), None),
+                                             "bb.bias": (Axis("g"),), "head.w": (Axis("other"),)})
+    got = model_plan(plan, rabo.PlanModel(net, torch.ones(1, 3), "bb."))
+    assert got.groups == {"g": 2} and set(got.dims) == {"weight", "bias"}

@@ -21,12 +21,13 @@ _LAZY = {  # name -> (module, attribute)
     "BilevelProblem": ("problem", "BilevelProblem"), "Objective": ("problem", "Objective"),
     "RunState": ("rounds", "RunState"), "simulate": ("runtime.loop", "run"),
     "Axis": ("submodel", "Axis"), "ChannelPlan": ("submodel", "ChannelPlan"),
-    "Params": ("submodel", "Params"), "Task": ("problem", "Task")}
+    "Params": ("submodel", "Params"), "Task": ("problem", "Task"),
+    "PlanModel": ("problem", "PlanModel")}
 
 __all__ = ["ESTIMATORS", "Axis", "BilevelProblem", "ChannelPlan", "ConfigError", "DataError",
-           "Experiment", "Objective", "Params", "PlanError", "RaboError", "RunConfig", "RunState",
-           "Task", "UnknownNameError", "build", "check_plan", "hypergradient", "simulate",
-           "trace_plan"]
+           "Experiment", "Objective", "Params", "PlanError", "PlanModel", "RaboError",
+           "RunConfig", "RunState", "Task", "UnknownNameError", "build", "check_plan",
+           "hypergradient", "simulate", "trace_plan"]
 __version__ = "0.1.0"
 
 

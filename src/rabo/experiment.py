@@ -15,7 +15,8 @@ from .config import RunConfig, resolve
 from .errors import ConfigError, lookup
 from .hypergrad import ESTIMATORS, EstimatorOptions
 from .masks import MaskPolicy, make_policy
-from .problem import BilevelProblem, check_ranges
+from .models import check_plan
+from .problem import BilevelProblem, PlanModel, check_ranges
 from .problems import get_problem, reference
 from .submodel import ChannelPlan, Params
 
@@ -52,6 +53,7 @@ def build(config: RunConfig, problem: BilevelProblem | None = None) -> Experimen
     if problem is None:
         problem = construct(problem_cls, cfg)
     _, y = check_problem(problem, cfg)
+    check_plans(problem, cfg)
     cfg = dataclasses.replace(cfg, problem_options=problem.config())
     if cfg.estimator not in (None, "first-order") and not y:
         raise ConfigError(f"estimator {cfg.estimator!r} needs an inner variable y, which problem "
@@ -167,3 +169,26 @@ def _checked_init(params: object, cls: str) -> tuple[Params, Params]:
                 raise ConfigError(f"{expected}; its {part}[{key!r}] is a "
                                   f"{type(value).__name__}")
     return params[0], params[1]
+
+
+def check_plans(problem: BilevelProblem, cfg: RunConfig) -> None:
+    """:func:`rabo.check_plan` of the problem's plan on each of its :meth:`plan_models
+    <rabo.BilevelProblem.plan_models>`, at the run's capacities below 1 (one random submodel
+    each, seeded by the run's seed): a plan that does not slice the model as its forward
+    couples it is a one-line PlanError before any round runs."""
+    capacities = sorted({c for c in cfg.capacities if c < 1.0}, reverse=True)
+    for model in problem.plan_models() if capacities else ():
+        plan = model_plan(problem.plan, model)
+        if plan.dims:
+            check_plan(model.module, plan, model.example_inputs, capacities, seed=cfg.seed,
+                       output=model.output)
+
+
+def model_plan(plan: ChannelPlan, model: PlanModel) -> ChannelPlan:
+    """The part of ``plan`` over ``model``'s parameters, named as the model names them."""
+    names = {model.prefix + n: n for n, _ in model.module.named_parameters()}
+    dims = {names[n]: axes for n, axes in plan.dims.items() if n in names}
+    used = {a.group for axes in dims.values() for a in axes if a is not None}
+    if model.output is not None:
+        used.add(model.output.group)
+    return ChannelPlan({g: c for g, c in plan.groups.items() if g in used}, dims)

@@ -11,16 +11,16 @@ data: a :class:`Task` names what g reads and what f reads.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils._pytree import register_pytree_node
 
 from .errors import ConfigError
-from .submodel import ChannelPlan, Params, SubmodelIndex
+from .submodel import Axis, ChannelPlan, Params, SubmodelIndex
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,21 @@ class Objective:
                           f"features, so it must define outer_loss_from(feats, y, data)")
 
 
+@dataclass(frozen=True)
+class PlanModel:
+    """A torch model whose parameters the problem's plan prunes, for the check at build
+    (:func:`rabo.check_plan`): the plan names its tensors ``prefix`` + the model's
+    ``named_parameters()`` names; ``example_inputs`` is a small input batch (not all zeros: a
+    constant input hides channels behind BatchNorm); ``output`` is the group the model's output
+    features follow (a backbone feeding a pruned head), None where they stay full (class
+    logits)."""
+
+    module: nn.Module
+    example_inputs: Tensor | tuple[Tensor, ...]
+    prefix: str = ""
+    output: Axis | None = None
+
+
 class BilevelProblem(Objective):
     """Base class for problems the engine runs federated; subclass it for a problem of yours
     and run it with ``rabo run FILE.py:Class`` (or ``package.module:Class``), a config file's
@@ -157,7 +172,10 @@ class BilevelProblem(Objective):
       once; ``features`` returns None by default: no split);
     - ``evaluate(x, y, final) -> dict[str, float]``: metrics of the global model, e.g.
       ``accuracy``, logged every ``eval_every`` rounds (``final``: the run's last round);
-    - ``config() -> dict``: the resolved options, JSON-serialisable, for config.json.
+    - ``config() -> dict``: the resolved options, JSON-serialisable, for config.json;
+    - ``plan_models() -> [PlanModel]``: the torch models ``plan`` prunes, each with an example
+      input, so that building a run checks the plan on random submodels (a wrong plan is a
+      one-line :class:`~rabo.errors.PlanError` naming tensor and group); none by default.
 
     Class attributes: ``name`` (runs/NAME-METHOD-seedS, labels), ``options`` and ``defaults``:
     per-problem run settings, used where the config leaves them unset (``rounds``,
@@ -221,6 +239,11 @@ class BilevelProblem(Objective):
     def config(self) -> dict[str, Any]:
         """The problem's resolved options, for config.json."""
         return {}
+
+    def plan_models(self) -> Sequence[PlanModel]:
+        """The torch models whose parameters :attr:`plan` prunes (:class:`PlanModel`), checked
+        when a run is built; none by default (nothing is checked)."""
+        return ()
 
 
 class Losses(Objective):

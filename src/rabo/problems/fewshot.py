@@ -45,7 +45,7 @@ from .. import streams
 from ..data import load_omniglot, sample_task, shard_classes, split_alphabets
 from ..errors import ConfigError, DataError, UnknownNameError
 from ..models import MODELS, compiled_call, fresh_params, head_plan, merge_plans, rms_scaled
-from ..problem import BilevelProblem, Bound, Task
+from ..problem import BilevelProblem, Bound, PlanModel, Task
 from ..submodel import ChannelPlan, Params
 
 BACKBONES = ("conv4", "resnet12")
@@ -325,6 +325,14 @@ class FewShot(BilevelProblem):
             return self.outer_loss_from((None, self._embed(x, task["query"])), x, task)
         support = self._embed(x, task["support"]) if self.head == "prototype" else None
         return self.outer_loss_from((support, self._embed(x, task["query"])), y, task)
+
+    def plan_models(self) -> list[PlanModel]:
+        """The backbone, on two random images (seeded), its features following the head's
+        input group."""
+        images = torch.randn(self.backbone.traced_input().shape,
+                             generator=torch.Generator().manual_seed(0))
+        return [PlanModel(self.backbone, images, "backbone.",
+                          self.backbone.feature_axis("backbone."))]
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.opts.items() if k != "compile" or v}

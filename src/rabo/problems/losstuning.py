@@ -24,7 +24,7 @@ from torch.func import functional_call
 from ..data import federated_longtail, load_dataset, load_digits_arrays, sample_batch
 from ..errors import ConfigError, UnknownNameError, lookup
 from ..models import MODELS, build_model, fresh_params
-from ..problem import BilevelProblem, Bound, Task
+from ..problem import BilevelProblem, Bound, PlanModel, Task
 from ..submodel import ChannelPlan, Params
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -157,6 +157,10 @@ class LossTuning(BilevelProblem):
                                      self.num_classes)
             val = balanced_accuracy(self.logits(y, self._val[0]), self._val[1], self.num_classes)
         return {"accuracy": test, "val_accuracy": val}
+
+    def plan_models(self) -> list[PlanModel]:
+        """The classifier y, on two test inputs; its class logits stay full."""
+        return [PlanModel(self.model, self._test[0][:2])]
 
     def config(self) -> dict[str, Any]:
         return dict(self.opts)
