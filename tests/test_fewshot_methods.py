@@ -11,18 +11,30 @@ from torch.func import functional_call
 
 from rabo.config import RunConfig, packaged_config
 from rabo.cost import measure
-from rabo.errors import ConfigError
+from rabo.errors import ConfigError, UnknownNameError
 from rabo.experiment import build
 from rabo.hypergrad import hypergradient
 from rabo.models import rms_scaled
 from rabo.problems.fewshot import FewShot
 from rabo.problems.fewshot_data import synthetic_task
-from rabo.problems.fewshot_heads import LinearHead
+from rabo.problems.fewshot_heads import HEADS, LinearHead
 from rabo.runtime.loop import run
 
 
 def synthetic(**options):
     return FewShot(clients=2, source="synthetic", **options)
+
+
+def test_the_head_mode_is_one_object_chosen_by_name():
+    for name, head in HEADS.items():
+        problem = synthetic(head=name, ways=3)
+        _, y = problem.init_params(0)
+        assert type(problem.head) is head and problem.stackable == (name == "linear")
+        assert {n: tuple(p.shape) for n, p in y.items()} == (
+            {"head.weight": (3, 64), "head.bias": (3,)} if name == "linear" else {})
+    with pytest.raises(UnknownNameError,
+                       match="unknown fewshot head 'svm'; allowed: linear, meta, prototype"):
+        synthetic(head="svm")
 
 
 def test_prototype_logits_are_negative_squared_distances_to_class_means():
