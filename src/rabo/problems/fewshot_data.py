@@ -5,7 +5,7 @@ over the clients) or synthetic images of the right shapes (cost accounting; no a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +19,6 @@ from ..data.omniglot import DRAWINGS, OmniglotData, OmniglotSplit
 from ..errors import ConfigError, DataError
 
 Episode = dict[str, Tensor]
-SOURCES = ("omniglot", "synthetic")
 
 
 def synthetic_task(rng: np.random.Generator, ways: int, shots: int, queries: int,
@@ -80,13 +79,10 @@ class SyntheticEpisodes:
         return {}
 
 
-def episode_source(opts: Mapping[str, Any], clients: int, seed: int,
-                   data_dir: str | None) -> OmniglotEpisodes | SyntheticEpisodes:
-    """The episode source ``opts["source"]`` names (already checked to be one of
-    :data:`SOURCES`): Omniglot read from ``data_dir`` and split, or synthetic."""
-    ways, shots = int(opts["ways"]), int(opts["shots"])
-    if opts["source"] == "synthetic":
-        return SyntheticEpisodes(ways, shots, int(opts["image_size"]))
+def omniglot_episodes(opts: Mapping[str, Any], clients: int, seed: int,
+                      data_dir: str | None) -> OmniglotEpisodes:
+    """Omniglot read from ``data_dir``, its alphabets split and the training characters
+    sharded over the ``clients``."""
     if int(opts["image_size"]) != 28:
         raise ConfigError(f"image_size={opts['image_size']!r}: Omniglot episodes are 28×28")
     if not data_dir:
@@ -96,6 +92,25 @@ def episode_source(opts: Mapping[str, Any], clients: int, seed: int,
     data = load_omniglot(data_dir, opts["cache_dir"] or None, quiet=True)
     split = split_alphabets(data, opts["train_alphabets"] or None,
                             opts["test_alphabets"] or None, validate=bool(opts["validate"]))
-    shards = shard_classes(split.train_classes, clients, ways,
+    shards = shard_classes(split.train_classes, clients, int(opts["ways"]),
                            streams.rng(seed, streams.FEWSHOT_SHARDS))
-    return OmniglotEpisodes(data, split, shards, ways, shots)
+    return OmniglotEpisodes(data, split, shards, int(opts["ways"]), int(opts["shots"]))
+
+
+def synthetic_episodes(opts: Mapping[str, Any], clients: int, seed: int,
+                       data_dir: str | None) -> SyntheticEpisodes:
+    """Synthetic episodes of the options' shapes (no data read)."""
+    return SyntheticEpisodes(int(opts["ways"]), int(opts["shots"]), int(opts["image_size"]))
+
+
+EpisodeSource = Callable[[Mapping[str, Any], int, int, str | None],
+                         OmniglotEpisodes | SyntheticEpisodes]
+SOURCES: dict[str, EpisodeSource] = {"omniglot": omniglot_episodes,
+                                     "synthetic": synthetic_episodes}
+
+
+def episode_source(opts: Mapping[str, Any], clients: int, seed: int,
+                   data_dir: str | None) -> OmniglotEpisodes | SyntheticEpisodes:
+    """The episode source ``opts["source"]`` names (already checked to be in
+    :data:`SOURCES`), built once for the problem."""
+    return SOURCES[opts["source"]](opts, clients, seed, data_dir)
