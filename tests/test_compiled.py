@@ -10,7 +10,8 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from rabo.models import CompiledCall, Conv4
-from rabo.problems.fewshot import FewShot, synthetic_task
+from rabo.problems.fewshot import FewShot
+from rabo.problems.fewshot_data import synthetic_task
 
 
 def conv4_at(width: int) -> dict[str, torch.Tensor]:

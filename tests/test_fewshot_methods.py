@@ -11,16 +11,30 @@ from torch.func import functional_call
 
 from rabo.config import RunConfig, packaged_config
 from rabo.cost import measure
-from rabo.errors import ConfigError
+from rabo.errors import ConfigError, UnknownNameError
 from rabo.experiment import build
 from rabo.hypergrad import hypergradient
 from rabo.models import rms_scaled
-from rabo.problems.fewshot import FewShot, synthetic_task
+from rabo.problems.fewshot import FewShot
+from rabo.problems.fewshot_data import synthetic_task
+from rabo.problems.fewshot_heads import HEADS, LinearHead
 from rabo.runtime.loop import run
 
 
 def synthetic(**options):
     return FewShot(clients=2, source="synthetic", **options)
+
+
+def test_the_head_mode_is_one_object_chosen_by_name():
+    for name, head in HEADS.items():
+        problem = synthetic(head=name, ways=3)
+        _, y = problem.init_params(0)
+        assert type(problem.head) is head and problem.stackable == (name == "linear")
+        assert {n: tuple(p.shape) for n, p in y.items()} == (
+            {"head.weight": (3, 64), "head.bias": (3,)} if name == "linear" else {})
+    with pytest.raises(UnknownNameError,
+                       match="unknown fewshot head 'svm'; allowed: linear, meta, prototype"):
+        synthetic(head="svm")
 
 
 def test_prototype_logits_are_negative_squared_distances_to_class_means():
@@ -40,7 +54,7 @@ def test_protonet_has_no_head_and_is_evaluated_with_prototypes(monkeypatch):
     assert y == {} and not any(n.startswith("head.") for n in x)
     task = synthetic_task(np.random.default_rng(0), 3, 1, 19, 28)
     task = {**task, "query": task["support"], "query_labels": task["support_labels"]}
-    monkeypatch.setattr(problem, "fitted_heads", lambda *a: pytest.fail("fitted a head"))
+    monkeypatch.setattr(LinearHead, "fitted", lambda *a: pytest.fail("fitted a head"))
     # each query is its class's prototype
     assert problem.episode_accuracies(x, y, [task]).tolist() == [1.0]
 
@@ -54,7 +68,7 @@ def test_evaluation_head_fit_lowers_the_support_loss(shots):
     task = synthetic_task(np.random.default_rng(0), 5, shots, 20 - shots, 28)
     with torch.no_grad():
         feats = problem.features(x, task)
-    heads = problem.fitted_heads(feats[0][None], task["support_labels"][None], y)
+    heads = problem.head.fitted(feats[0][None], task["support_labels"][None], y)
     start = float(problem.inner_loss_from(feats, y, task))
     end = float(problem.inner_loss_from(feats, {n: p[0] for n, p in heads.items()}, task))
     assert start == pytest.approx(math.log(5), rel=1e-5) and end < 0.75 * start

@@ -162,13 +162,15 @@ def test_fewshot_validate_trains_and_evaluates_inside_the_training_alphabets(cac
 
     problem = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), validate=True,
                       cache_dir=str(cache_dir))
-    assert problem.split.test_alphabets == ("Latin",)
-    assert np.array_equal(np.sort(np.concatenate(problem.shards)), problem.split.train_classes)
+    episodes = problem.episodes
+    assert episodes.split.test_alphabets == ("Latin",)
+    assert np.array_equal(np.sort(np.concatenate(episodes.shards)), episodes.split.train_classes)
     config = problem.config()  # the split is resolved: a rebuild from it holds out nothing more
     assert (config["test_alphabets"], config["validate"]) == ("Latin", False)
+    assert problem.opts["validate"] is True  # the constructor does not rewrite its options
     again = FewShot(clients=4, data_dir=str(OMNIGLOT_DIR), cache_dir=str(cache_dir),
                     **{k: config[k] for k in ("train_alphabets", "test_alphabets", "validate")})
-    assert again.split.train_alphabets == problem.split.train_alphabets
+    assert again.episodes.split.train_alphabets == problem.episodes.split.train_alphabets
 
 
 @needs_data
