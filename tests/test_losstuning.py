@@ -73,3 +73,15 @@ def test_long_tailed_training_set_has_imbalance_ratio_rho():
     assert counts[0] == 124 and counts[-1] == 12
     assert counts[0] / counts[-1] == pytest.approx(10.0, rel=0.04)
     assert all(counts[c] >= counts[c + 1] for c in range(9))
+
+
+def test_the_constructor_keeps_its_options_and_config_resolves_rho_and_model():
+    """rho 0 and model "auto" stand for the data set's defaults: config() (config.json) holds
+    what they resolved to, while the options the problem was given stay as given."""
+    from rabo.problems.losstuning import DEFAULT_MODEL, DEFAULT_RHO, LossTuning
+
+    problem = LossTuning(5, seed=0)
+    assert problem.opts["rho"] == 0.0 and problem.opts["model"] == "auto"
+    resolved = problem.config()
+    assert resolved["rho"] == DEFAULT_RHO["digits"] and resolved["model"] == DEFAULT_MODEL["digits"]
+    assert list(resolved) == list(problem.opts)

@@ -95,14 +95,13 @@ class LossTuning(BilevelProblem):
             test_idx = np.arange(len(train.labels), len(labels))
         self.num_classes = int(labels.max()) + 1
         rho = float(opts["rho"]) or DEFAULT_RHO[name]
-        opts["rho"] = rho
         self.data = federated_longtail(inputs, labels, self.num_classes, clients, rho=rho,
                                        seed=seed, test_per_class=int(opts["test_per_class"]),
                                        scheme=opts["partition"], alpha=float(opts["alpha"]),
                                        test_idx=test_idx)
         model = opts["model"] if opts["model"] != "auto" else DEFAULT_MODEL[name]
         lookup(MODELS, "model", model)
-        opts["model"] = model
+        self.resolved = {"rho": rho, "model": model}   # what 0.0 and "auto" stood for
         kwargs = {"mlp": {"in_features": int(np.prod(inputs.shape[1:])),
                           "hidden": (int(opts["hidden"]),)},
                   "small_cnn": {"in_channels": inputs.shape[1], "image_size": inputs.shape[-1]},
@@ -163,4 +162,5 @@ class LossTuning(BilevelProblem):
         return [PlanModel(self.model, self._test[0][:2])]
 
     def config(self) -> dict[str, Any]:
-        return dict(self.opts)
+        """The options, with ``rho`` and ``model`` as resolved (the given ones are kept)."""
+        return {**self.opts, **self.resolved}
