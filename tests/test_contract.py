@@ -221,3 +221,34 @@ def test_rng_draw_order_of_a_non_episodic_problem_is_k_minibatches_one_after_ano
     rng = np.random.default_rng(7)
     assert torch.equal(task.inner[0][1], sample_batch(problem.data, train, 32, rng)[1])
     assert torch.equal(task.outer[1], sample_batch(problem.data, val, 32, rng)[1])
+
+
+def test_the_public_hypergradient_checks_its_problem_batch_and_losses_in_one_line():
+    """``rabo.hypergradient`` takes a rabo.Objective and a rabo.Task, and a loss that is not a
+    scalar is the same one-line error a run gives (it was summed silently before)."""
+    import rabo
+
+    class Duck:                       # the two losses, but not a rabo.Objective
+        def inner_loss(self, x, y, batch):
+            return ((y["y"] - x["x"]) ** 2).sum()
+
+        def outer_loss(self, x, y, batch):
+            return (y["y"] ** 2).sum()
+
+    class Quadratic(Duck, rabo.Objective):
+        pass
+
+    class PerExample(Quadratic):
+        def inner_loss(self, x, y, batch):
+            return (y["y"] - x["x"]) ** 2
+
+    x, y, task = {"x": torch.ones(2)}, {"y": torch.full((2,), 0.5)}, rabo.Task((None,), None)
+    with pytest.raises(rabo.ConfigError, match="problem is a Duck, not a rabo.Objective"):
+        rabo.hypergradient(Duck(), x, y, task)
+    with pytest.raises(rabo.ConfigError, match="batch is a tuple, not a rabo.Task"):
+        rabo.hypergradient(Quadratic(), x, y, (None, None))
+    with pytest.raises(rabo.ConfigError, match="'PerExample': inner_loss returned shape"):
+        rabo.hypergradient(PerExample(), x, y, task)
+    # y*(x) = x, F(x) = ‖x‖²: at y = 0.5, ĥ = ∇_x f − J H⁻¹ ∇_y f = 0 − (−2I)(2I)⁻¹(2·0.5) = 1
+    h = rabo.hypergradient(Quadratic(), x, y, task, terms=200, step=0.25)
+    torch.testing.assert_close(h["x"], torch.ones(2), rtol=1e-4, atol=1e-4)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError, lookup
-from ..problem import Batch, Objective
+from ..problem import Batch, Losses, Objective, Task
 from ..submodel import Params
 from .cg import cg
 from .fd import fd
@@ -60,11 +60,19 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
                   t: int = 0, difference: str = EstimatorOptions.difference) -> Params:
     """ĥ ≈ ∇F(x) at (x, y) by the named estimator: a detached dict with x's names, shapes
     and dtype. The options are :class:`EstimatorOptions`'s (checked there); ``t`` is the
-    round that picks ``fd``'s coordinate block."""
+    round that picks ``fd``'s coordinate block. ``problem`` is a :class:`~rabo.Objective`
+    (a loss that is not a scalar is a one-line error) and ``batch`` a :class:`~rabo.Task`."""
+    if not isinstance(problem, Objective):
+        raise ConfigError(f"problem is a {type(problem).__name__}, not a rabo.Objective: "
+                          f"subclass rabo.Objective (or rabo.BilevelProblem) and define "
+                          f"inner_loss and outer_loss")
+    if not isinstance(batch, Task):
+        raise ConfigError(f"batch is a {type(batch).__name__}, not a rabo.Task: pass "
+                          f"rabo.Task((data_of_g,), data_of_f)")
     if not isinstance(t, numbers.Integral) or isinstance(t, bool):
         raise ConfigError(f"t={t!r} is not allowed; t must be an integer round number")
     options = EstimatorOptions(terms, step, mu, coords, perturb, difference)
-    return estimate(problem, x, y, batch, estimator, options, int(t))[0]
+    return estimate(Losses(problem), x, y, batch, estimator, options, int(t))[0]
 
 
 __all__ = ["DIFFERENCES", "ESTIMATORS", "PERTURB", "Estimate", "Estimator",
