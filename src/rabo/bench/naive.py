@@ -118,9 +118,10 @@ def make_net(exp: Experiment, x: Params, y: Params) -> nn.Module:
     if problem.name == "quadratic":
         return QuadraticNet(len(x["x"]), float(problem.lam), x["x"].dtype)
     if problem.name == "losstuning":
-        if problem.opts["model"] != "mlp":
+        model = exp.config.problem_options["model"]     # as resolved ("auto": the data's)
+        if model != "mlp":
             raise ConfigError(f"the naive loop covers losstuning with model 'mlp', not "
-                              f"{problem.opts['model']!r}")
+                              f"{model!r}")
         layers = sum(1 for n in y if n.endswith(".weight"))
         hidden = [y[f"layers.{i}.weight"].shape[0] for i in range(layers - 1)]
         return LossTuningNet(y["layers.0.weight"].shape[1], hidden, problem.num_classes,

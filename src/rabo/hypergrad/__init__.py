@@ -62,6 +62,10 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
     and dtype. The options are :class:`EstimatorOptions`'s (checked there); ``t`` is the
     round that picks ``fd``'s coordinate block. ``problem`` is a :class:`~rabo.Objective`
     (a loss that is not a scalar is a one-line error) and ``batch`` a :class:`~rabo.Task`."""
+    if not isinstance(t, numbers.Integral) or isinstance(t, bool):
+        raise ConfigError(f"t={t!r} is not allowed; t must be an integer round number")
+    options = EstimatorOptions(terms, step, mu, coords, perturb, difference)
+    lookup(ESTIMATORS, "estimator", estimator)
     if not isinstance(problem, Objective):
         raise ConfigError(f"problem is a {type(problem).__name__}, not a rabo.Objective: "
                           f"subclass rabo.Objective (or rabo.BilevelProblem) and define "
@@ -69,9 +73,6 @@ def hypergradient(problem: Objective, x: Params, y: Params, batch: Batch,
     if not isinstance(batch, Task):
         raise ConfigError(f"batch is a {type(batch).__name__}, not a rabo.Task: pass "
                           f"rabo.Task((data_of_g,), data_of_f)")
-    if not isinstance(t, numbers.Integral) or isinstance(t, bool):
-        raise ConfigError(f"t={t!r} is not allowed; t must be an integer round number")
-    options = EstimatorOptions(terms, step, mu, coords, perturb, difference)
     return estimate(Losses(problem), x, y, batch, estimator, options, int(t))[0]
 
 
