@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ from ..reproduce import FEWSHOT_METHODS, fewshot_base, setting
 from ..rounds import RunState
 from ..runtime.simulate import simulate_round
 from ..tables import markdown
-from .roofline import synchronize
+from .roofline import timed
 
 SETTING = "5w1s"
 NEVER = 10 ** 9   # rounds / eval_every while timing: no evaluation rounds
@@ -45,14 +44,6 @@ def evaluations(config: RunConfig) -> tuple[int, int]:
     return before_last, before_last * int(opts["eval_episodes"]) + int(opts["final_episodes"])
 
 
-def _seconds(step: Callable[[], Any], device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def method_times(config: RunConfig, rounds: int, warmup: int, device: str,
                  episode_seconds: dict[str, float]) -> dict[str, Any]:
     """One method's median seconds per round (``warmup`` + ``rounds`` rounds from its initial
@@ -61,7 +52,7 @@ def method_times(config: RunConfig, rounds: int, warmup: int, device: str,
     in ``episode_seconds``), and the run time they give at the configured rounds."""
     exp = build(dataclasses.replace(config, rounds=NEVER, eval_every=NEVER, device=device))
     state, cache = RunState(*exp.problem.init_params(config.seed)), FlopCache()
-    times = [_seconds(lambda: simulate_round(exp, state, cache), device)
+    times = [timed(lambda: simulate_round(exp, state, cache), device)[0]
              for _ in range(warmup + rounds)][warmup:]
     kind = json.dumps(exp.config.problem_options, sort_keys=True)
     if kind not in episode_seconds:
@@ -69,8 +60,8 @@ def method_times(config: RunConfig, rounds: int, warmup: int, device: str,
         x, y = ({n: t.to(device) for n, t in p.items()} for p in (state.x, state.y))
         tasks = [{n: t.to(device) for n, t in task.items()}
                  for task in problem.test_tasks(EVAL_CHUNK, config.seed)]
-        episode_seconds[kind] = _seconds(lambda: problem.episode_accuracies(x, y, tasks),
-                                         device) / EVAL_CHUNK
+        episode_seconds[kind] = timed(lambda: problem.episode_accuracies(x, y, tasks),
+                                      device)[0] / EVAL_CHUNK
     round_s, episode_s = statistics.median(times), episode_seconds[kind]
     evals, episodes = evaluations(config)
     return {"method": config.method, "rounds": int(config.rounds), "round_seconds": round_s,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,15 @@ def synchronize(device: str | torch.device) -> None:
     """Wait for queued kernels, so that a wall-clock reading covers them (no-op on the CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], Any], device: str | torch.device) -> tuple[float, Any]:
+    """Run ``step`` once: (wall-clock seconds, including its queued kernels; its result)."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = step()
+    synchronize(device)
+    return time.perf_counter() - start, result
 
 
 def matmul_flops(device: str = "cpu", sizes: Sequence[int] | None = None, repeats: int = 5,

@@ -38,7 +38,7 @@ from ..tables import markdown
 from .estimate import format_estimate, table2_estimate
 from .fewshot_eval import loop_accuracies, loop_query_logits
 from .naive import NaiveLoop
-from .roofline import Roofline, matmul_flops, synchronize
+from .roofline import Roofline, matmul_flops, timed
 
 WORKLOADS = ("fewshot", "fewshot-compile", "fewshot-eval", "losstuning", "quadratic",
              "table2-5w1s")
@@ -121,16 +121,11 @@ def peak_rss() -> int:
 # --- the two loops ---------------------------------------------------------------------------
 def _timed(step: Callable[[], Any], device: str, count: bool) -> tuple[float, Any, int]:
     """Run ``step`` once: (seconds, its result, FLOPs counted if ``count``, else 0)."""
-    synchronize(device)
-    start = time.perf_counter()
-    if count:
-        with FlopCounterMode(display=False) as counter:
-            result = step()
-        flops = int(counter.get_total_flops())
-    else:
-        result, flops = step(), 0
-    synchronize(device)
-    return time.perf_counter() - start, result, flops
+    if not count:
+        return (*timed(step, device), 0)
+    with FlopCounterMode(display=False) as counter:
+        took, result = timed(step, device)
+    return took, result, int(counter.get_total_flops())
 
 
 def _rounds(step: Callable[[int], tuple[float, int]], total: int, warmup: int,
@@ -264,11 +259,10 @@ def measure_eval(seed: int = 0, data_dir: str | None = None, repeats: int = 1,
         for start in range(0, episodes, EVAL_CHUNK):
             chunk = tasks[start:start + EVAL_CHUNK]
             for side, evaluate in both.items():
-                parts[side].append(_timed(functools.partial(evaluate, chunk), device,
-                                          count=False)[:2])
-        for side, timed in parts.items():
-            seconds[side].append(sum(took for took, _ in timed))
-            accs[side] = np.concatenate([part for _, part in timed])
+                parts[side].append(timed(functools.partial(evaluate, chunk), device))
+        for side, chunks in parts.items():
+            seconds[side].append(sum(took for took, _ in chunks))
+            accs[side] = np.concatenate([part for _, part in chunks])
     first = tasks[:EVAL_CHUNK]
     logits = float((problem.query_logits(x, y, first) - torch.stack(
         [loop_query_logits(problem, x, y, t) for t in first])).abs().max()) if first else 0.0

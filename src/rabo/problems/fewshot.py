@@ -75,8 +75,8 @@ class FewShot(BilevelProblem):
         self.opts, self.num_clients, self.ways = opts, clients, int(opts["ways"])
         self.backbone = MODELS[opts["backbone"]]()
         self.head = HEADS[opts["head"]](self.ways, opts, self._embed)
-        plan = self.head.plan(self.backbone.channel_plan("backbone."),
-                              self.backbone.feature_axis("backbone."))
+        self.feature_axis = self.backbone.feature_axis("backbone.")   # what the head reads
+        plan = self.head.plan(self.backbone.channel_plan("backbone."), self.feature_axis)
         self.plan = plan if opts["prune"] == "both" else ChannelPlan(plan.groups, {})
         self.episodes = episode_source(opts, clients, seed, data_dir)
 
@@ -193,7 +193,7 @@ class FewShot(BilevelProblem):
         images = torch.randn(self.backbone.traced_input().shape,
                              generator=torch.Generator().manual_seed(0))
         return [PlanModel(self.backbone, images, "backbone.",
-                          self.backbone.feature_axis("backbone."))]
+                          self.feature_axis)]
 
     def config(self) -> dict[str, Any]:
         """The options, with the episode split resolved (the alphabet lists ``validate``
