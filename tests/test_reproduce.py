@@ -18,34 +18,43 @@ from rabo.reproduce import FEWSHOT_METHODS, FIG6_METHODS, ORDERING, difference
 DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-def _check_fig6(out: Path, max_bytes_ratio: float) -> None:
-    rows = list(csv.DictReader((out / "fig6.csv").open()))
+def _check_fig6(out: Path, dataset: str, max_bytes_ratio: float) -> None:
+    rows = list(csv.DictReader((out / "fig6_runs.csv").open()))
     assert [r["method"] for r in rows] == list(FIG6_METHODS)
     for r in rows:
-        assert 0.0 <= float(r["final_accuracy"]) <= 1.0
+        assert r["setting"] == dataset and 0.0 <= float(r["final_accuracy"]) <= 1.0
         assert math.isfinite(float(r["flops_ratio"])) and float(r["bytes_ratio"]) > 0
     by = {r["method"]: r for r in rows}
     assert float(by["fedmbo"]["flops_ratio"]) == 1.0
     # half-width submodels: the MLP's one hidden layer scales with r (0.5), the CNN's with r²
     assert float(by["rabo"]["bytes_ratio"]) <= max_bytes_ratio
     assert float(by["rafbo"]["bytes_ratio"]) <= max_bytes_ratio
-    png = (out / "fig6_accuracy.png").read_bytes()
+    # one seed: the summary row is the run's own accuracy and cost
+    summary = list(csv.DictReader((out / "fig6.csv").open()))
+    assert [(s["setting"], s["method"], s["seeds"], s["mean"], s["bytes_ratio"])
+            for s in summary] == [(dataset, r["method"], "1", r["final_accuracy"],
+                                   r["bytes_ratio"]) for r in rows]
+    png = (out / f"fig6_{dataset}_accuracy.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert (out / "fig6.md").read_text().count("\n") == len(FIG6_METHODS) + 2
+    # the paper's ordering among fig6's methods (rabo-cov is not one of them)
+    checks = list(csv.DictReader((out / "fig6_ordering.csv").open()))
+    assert [c["comparison"] for c in checks] == [
+        f"{a} − {b}" for a, b in ORDERING if "rabo-cov" not in (a, b)]
     for m in FIG6_METHODS:
-        assert (out / m / "metrics.jsonl").exists()
+        assert (out / dataset / m / "metrics.jsonl").exists()
 
 
 def test_fig6_quick_on_digits(tmp_path):
     out = tmp_path / "fig6"
     assert main(["reproduce", "fig6", "--quick", "--dataset", "digits", "--out", str(out),
                  "--quiet"]) == 0
-    _check_fig6(out, max_bytes_ratio=0.51)
+    _check_fig6(out, "digits", max_bytes_ratio=0.51)
     # finished runs are reused: a second call rewrites the table without rerunning
-    before = (out / "rabo" / "metrics.jsonl").stat().st_mtime_ns
+    before = (out / "digits" / "rabo" / "metrics.jsonl").stat().st_mtime_ns
     assert main(["reproduce", "fig6", "--quick", "--dataset", "digits", "--out", str(out),
                  "--quiet"]) == 0
-    assert (out / "rabo" / "metrics.jsonl").stat().st_mtime_ns == before
+    assert (out / "digits" / "rabo" / "metrics.jsonl").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
@@ -53,7 +62,7 @@ def test_fig6_quick_on_fashion_mnist(tmp_path):
     out = tmp_path / "fig6"
     assert main(["reproduce", "fig6", "--quick", "--data-dir", DATA, "--out", str(out),
                  "--quiet"]) == 0
-    _check_fig6(out, max_bytes_ratio=0.27)
+    _check_fig6(out, "fashion-mnist", max_bytes_ratio=0.27)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -117,18 +126,37 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
         assert main(["reproduce", "table2", *args]) == 0
     assert {p: p.read_bytes() for p in out.glob("table2*")} == tables
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
-    assert main(["reproduce", "fig4", *args]) == 0
-    cost = {r["method"]: r for r in _rows(out / "fig4_cost_5w1s.csv")}
-    assert list(cost) == ["fedmbo", "rabo", "rafbo"] and float(cost["fedmbo"]["flops_ratio"]) == 1
-    assert float(cost["rabo"]["flops_ratio"]) <= 0.30
-    assert float(cost["rafbo"]["bytes_ratio"]) <= 0.30
-    cover = _rows(out / "fig4_cover_5w1s.csv")
-    assert [(r["cover"], r["channel_cover"]) for r in cover] == [("cx1", "1"), ("cx5", "5")]
-    for r in cover:
-        _check_accuracy(r)
-    for name in ("fig4_cost_5w1s.png", "fig4_cover_5w1s.png"):
+    with monkeypatch.context() as patch:
+        patch.setattr("rabo.reproduce.run",
+                      _trains_only({f"{m}-{c}" for m in ("rabo", "rafbo") for c in ("cx1", "cx5")}))
+        assert main(["reproduce", "fig4", *args]) == 0
+    fig4 = {r["run"]: r for r in _rows(out / "fig4.csv")}
+    assert list(fig4) == ["fedmbo", "rabo", "rafbo", "rabo-cx1", "rabo-cx5", "rafbo-cx1",
+                          "rafbo-cx5"]
+    assert float(fig4["fedmbo"]["flops_ratio"]) == 1
+    assert float(fig4["rabo"]["flops_ratio"]) <= 0.30
+    assert float(fig4["rafbo"]["bytes_ratio"]) <= 0.30
+    # the channel cover the segments were designed for (hand count: 9 + 1 and 5 + 5 clients
+    # per half), as the rounds logged it
+    for m in ("rabo", "rafbo"):
+        assert [fig4[f"{m}-{c}"]["min_channel_cover_x"] for c in ("cx1", "cx5")] == ["1", "5"]
+    checks = _rows(out / "fig4_ordering.csv")
+    assert [c["comparison"] for c in checks] == ["rabo-cx5 − rabo-cx1", "rafbo-cx5 − rafbo-cx1"]
+    assert {c["pairing"] for c in checks} == {"episodes"}
+    for name in ("fig4_cost_5w1s.png", "fig4_5w1s_accuracy.png"):
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def _trains_only(names: set[str]):
+    """A stand-in for ``rabo.reproduce.run`` that fails a test if any run but ``names``
+    trains, and trains those."""
+    from rabo.runtime.loop import run
+
+    def train(exp, path, **kw):
+        assert path.name in names, f"{path} trained"
+        return run(exp, path, **kw)
+    return train
 
 
 def _run(*rows: dict) -> Run:
@@ -191,15 +219,15 @@ def _seeded_grid() -> dict:
 @pytest.fixture(scope="module")
 def seeded_table(tmp_path_factory) -> tuple[Path, list[Path]]:
     """A quick 5w1s table of rabo and static at two seeds (4 runs), with its files."""
-    from rabo.reproduce import fewshot_table
+    from rabo.reproduce import seeded_table
 
     out = tmp_path_factory.mktemp("seeded")
-    files = fewshot_table(out, "t", _seeded_grid(), "method", False, (("rabo", "static"),),
+    files = seeded_table(out, "t", _seeded_grid(), "method", False, (("rabo", "static"),),
                           seeds=2)
     return out, files
 
 
-def test_a_seeded_fewshot_table_runs_every_seed_and_pairs_the_ordering_by_seed(seeded_table):
+def test_a_seeded_seeded_table_runs_every_seed_and_pairs_the_ordering_by_seed(seeded_table):
     from rabo.reproduce import seed_interval
 
     tmp_path, _ = seeded_table
@@ -242,11 +270,44 @@ def test_a_rerun_over_text_results_alone_trains_nothing_and_writes_the_same_byte
     _strip_models(out)
     texts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.json*")}
     monkeypatch.setattr(reproduce, "run", _trains)
-    again = reproduce.fewshot_table(out, "t", _seeded_grid(), "method", False,
+    again = reproduce.seeded_table(out, "t", _seeded_grid(), "method", False,
                                     (("rabo", "static"),), seeds=2)
     assert again == files and {f: f.read_bytes() for f in files} == before
     assert b"Software" not in before[out / "t_5w1s_accuracy.png"]     # no matplotlib version
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.json*")} == texts
+
+
+def test_tables_only_tabulates_the_finished_runs_trains_nothing_and_names_the_rest(
+        seeded_table, tmp_path, monkeypatch, capsys):
+    """A reproduction in progress (committed runs of some seeds) gives its tables without
+    training: a cell's seeds are those finished, the ordering pairs the seeds both finished."""
+    from rabo import reproduce
+
+    source, _ = seeded_table
+    out = tmp_path / "partial"
+    shutil.copytree(source, out)
+    for stale in out.glob("t*"):
+        stale.unlink()
+    metrics = out / "5w1s" / "rabo-seed1" / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:1]))  # 1 of 2 rounds
+    acc = {r["method"] + r["seed"]: float(r["final_accuracy"])
+           for r in _rows(source / "t_runs.csv")}
+    monkeypatch.setattr(reproduce, "run", _trains)
+    reproduce.seeded_table(out, "t", _seeded_grid(), "method", False, (("rabo", "static"),),
+                           seeds=3, train=False)
+    assert ("3 of 6 runs not finished, left out: 5w1s/rabo-seed1, 5w1s/rabo-seed2, "
+            "5w1s/static-seed2") in capsys.readouterr().err
+    assert [(r["method"], r["seed"]) for r in _rows(out / "t_runs.csv")] == [
+        ("rabo", "0"), ("static", "0"), ("static", "1")]
+    rabo, static = _rows(out / "t.csv")
+    assert (rabo["seeds"], float(rabo["mean"])) == ("1", acc["rabo0"])
+    assert static["seeds"] == "2"
+    assert math.isclose(float(static["mean"]), (acc["static0"] + acc["static1"]) / 2)
+    (check,) = _rows(out / "t_ordering.csv")          # seed 0 alone: paired over its episodes
+    assert check["pairing"] == "episodes"
+    assert math.isclose(float(check["difference"]), 100 * (acc["rabo0"] - acc["static0"]),
+                        abs_tol=1e-9)
+    assert not (out / "5w1s" / "rabo-seed2").exists()
 
 
 @pytest.mark.slow
@@ -267,7 +328,6 @@ def test_table3_quick_on_omniglot(tmp_path):
     (["table2", "--settings", "7w1s"], "unknown few-shot setting '7w1s'"),
     (["fig6", "--settings", "5w1s"], "fig6 takes neither --settings nor --config"),
     (["table2", "--seeds", "0"], "--seeds 0: must be an integer ≥ 1"),
-    (["fig4", "--seeds", "2"], "--seeds 2: only table2 and table3 run several seeds; fig4 takes 1"),
 ])
 def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
     assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2

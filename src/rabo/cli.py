@@ -148,8 +148,8 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                    help="the same pipeline at a size that finishes in minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--seeds", type=int, default=1,
-                   help="table2, table3: run every cell at this many consecutive seeds from "
-                        "--seed and report the seeds' mean ± 95 %% t-interval (default: 1)")
+                   help="run every cell at this many consecutive seeds from --seed and "
+                        "report the seeds' mean ± 95 %% t-interval (default: 1)")
     p.add_argument("--validate", action="store_true",
                    help="few-shot: evaluate on held-out training alphabets (the last fifth of "
                         "them) instead of the test alphabets; for tuning the run settings")
@@ -163,6 +163,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, each in a worker process (default: 1, one after "
                         "another in this process); results equal those of --jobs 1")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: write the tables from the runs in OUT that finished "
+                        "(a cell's seeds are those finished; the others are named on stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -392,7 +395,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import EXPERIMENTS, SEEDED, check_jobs
+    from .reproduce import EXPERIMENTS, check_jobs
 
     check_jobs(args.jobs)
     if args.threads is not None:
@@ -403,16 +406,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / ("reproduce-" + args.experiment
                                       + ("-validate" if args.validate else ""))
-    if args.seeds != 1 and args.experiment not in SEEDED:
-        raise ConfigError(f"--seeds {args.seeds}: only {' and '.join(SEEDED)} run several "
-                          f"seeds; {args.experiment} takes 1")
-    extra = {"seeds": args.seeds} if args.experiment in SEEDED else {}
     existed = out.exists()
     try:
         files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                              seed=args.seed, progress=not args.quiet,
                                              settings=args.settings, config=args.config,
-                                             validate=args.validate, jobs=args.jobs, **extra)
+                                             validate=args.validate, seeds=args.seeds,
+                                             jobs=args.jobs, train=not args.tables_only)
     except RaboError:                   # refused: leave no empty folder behind
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

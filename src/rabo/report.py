@@ -199,6 +199,7 @@ def summarize(run: Run) -> dict[str, Any]:
             "gflops": total("flops") / 1e9, "mb": total("bytes_down", "bytes_up") / 1e6,
             "min_cover_x": min(values("cover_x"), default=None),
             "min_cover_y": min(values("cover_y"), default=None),
+            "min_channel_cover_x": min(values("channel_cover_x_min"), default=None),
             "wall_seconds": total("seconds")}
 
 

@@ -17,11 +17,16 @@ Few-shot on Omniglot (paper V-A), run settings from the packaged ``rabo/configs/
   hold the first half of every layer's channels, one client the second half: the second half is
   trained by one client only) or C_x = 5 (five clients each half); both have capacity ½ for all,
   so only how the halves are spread differs. C_x here is the *channel* cover (the fewest
-  clients whose submodel keeps a channel: what the segments control), logged as
-  ``channel_cover``. The engine's coordinate-wise ``min_cover_x`` is 0 in both designs: a
-  half-width client keeps the conv weights between its own input and output channels only, so
-  weights from one half to the other are in nobody's submodel (with every client at ½ width
-  the weights' mean cover is 10 · ¼ = 2.5, so no design reaches a coordinate cover of 5).
+  clients whose submodel keeps a channel: what the segments control), logged per round as
+  ``channel_cover_x_min`` and tabulated as ``min_channel_cover_x``. The engine's
+  coordinate-wise ``min_cover_x`` is 0 in both designs: a half-width client keeps the conv
+  weights between its own input and output channels only, so weights from one half to the
+  other are in nobody's submodel (with every client at ½ width the weights' mean cover is
+  10 · ¼ = 2.5, so no design reaches a coordinate cover of 5).
+
+Every experiment runs its cells at ``seeds`` consecutive seeds (:func:`seeded_table`): one table
+row per setting and run with the seeds' mean and 95 % interval, and the paper's ordering as
+differences with intervals.
 
 ``--quick`` runs the same pipeline at a size that finishes in minutes (2 rounds, one task per
 client, 20 final test episodes).
@@ -60,13 +65,12 @@ from .config import (
 )
 from .errors import ConfigError, DivergedError, GridError, RaboError, UnknownNameError
 from .experiment import build
-from .masks.segments import segment_channels
 from .problems import FewShot
 from .report import Run, bars, load_runs, plot, summarize
 from .rounds import divergence
 from .runtime.loop import run
 from .runtime.pool import DIVERGED, DONE, FAILED, FINISHED, STARTED, run_tasks
-from .tables import write_csv, write_markdown, write_table
+from .tables import read_csv, write_csv, write_markdown, write_table
 
 FIG6_METHODS = ("fedmbo", "fedavg", "rabo", "rafbo", "static", "fedrolex", "fiarse", "oap")
 REFERENCES = frozenset({"fedmbo", "fedavg"})
@@ -93,7 +97,7 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
 
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
-             jobs: int = 1) -> list[Path]:
+             jobs: int = 1, train: bool = True) -> list[Path]:
     """Run every config into ``out/<name>``, so that a reproduction accumulates across sessions
     and an interrupted one continues where it stopped: a finished run (:func:`finished`) is
     reused, an unfinished one resumes from its checkpoint, or without one (text results only,
@@ -106,7 +110,8 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
     Returns the run directories. A line on stderr per run started and done (with
     ``progress``); a run that diverges is reported and kept as far as it got (the tables'
     ``rounds`` column shows where it stopped); one that fails otherwise is reported in one line,
-    the others still run, and then a :class:`GridError` names it."""
+    the others still run, and then a :class:`GridError` names it. With ``train`` False nothing
+    trains: the unfinished runs are named on stderr and left out of the returned directories."""
     check_jobs(jobs)
     paths, todo = [], {}
     for name, config in configs.items():
@@ -119,6 +124,11 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
             resume = saved and (path / checkpoint.FILE).exists()
             todo[name] = (name, exp.config.to_dict(), str(path), resume)
         paths.append(path)
+    if not train:
+        if todo:
+            print(f"rabo reproduce: {len(todo)} of {len(configs)} runs not finished, left out: "
+                  + ", ".join(todo), file=sys.stderr, flush=True)
+        return [path for name, path in zip(configs, paths) if name not in todo]
     show = _GridProgress(len(todo), progress)
     if jobs == 1:
         outcomes = {}
@@ -247,8 +257,11 @@ def _last(run: Run, key: str) -> Any:
 
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None, validate: bool = False, jobs: int = 1) -> list[Path]:
-    """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data."""
+         config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
+         train: bool = True) -> list[Path]:
+    """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data, runs
+    in ``out/<dataset>/<method>``; the table's rows are the methods, its one column the data
+    set, and the ordering the paper's (FedMBO ≥ RABO ≥ each single-level baseline, RAFBO too)."""
     if validate:
         raise ConfigError("--validate is for the few-shot experiments (table2, table3, fig4); "
                           "fig6's step sizes were chosen on the clients' validation splits")
@@ -259,16 +272,9 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
                      **FIG6_STEPS.get(dataset, {}))
     if quick:
         base = dataclasses.replace(base, rounds=3, eval_every=1)
-    configs = {m: dataclasses.replace(base, method=m) for m in FIG6_METHODS}
-    out.mkdir(parents=True, exist_ok=True)
-    paths = run_grid(configs, out, progress, jobs)
-    runs = load_runs(paths)
-    files = [out / "fig6_accuracy.png"]
-    plot(runs, [("accuracy", "balanced test accuracy", False)], "rounds", files[0],
-         dashed=REFERENCES)
-    columns = ["method", "rounds", "final_accuracy", "best_accuracy", "flops_ratio",
-               "bytes_ratio", "gflops", "mb", "wall_seconds"]
-    return files + write_table(cost_table(paths), columns, out, "fig6")
+    grid = {dataset: {m: dataclasses.replace(base, method=m) for m in FIG6_METHODS}}
+    ordering = tuple(pair for pair in ORDERING if set(pair) <= set(FIG6_METHODS))
+    return seeded_table(out, "fig6", grid, "method", progress, ordering, seeds, jobs, train)
 
 
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
@@ -354,7 +360,7 @@ def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
     run of a seed sees the same episodes: "episodes"), otherwise from the two runs' own intervals
     as independent samples, √(ci_a² + ci_b²) ("none")."""
     acc_a, acc_b = [_last(r, "accuracy") for r in a], [_last(r, "accuracy") for r in b]
-    if None in acc_a or None in acc_b or len(a) != len(b):
+    if not a or None in acc_a or None in acc_b or len(a) != len(b):
         return {"difference": None, "ci95": None, "pairing": None, "holds": None,
                 "within_noise": None}
     ea, eb = _last(a[0], "episode_accuracies"), _last(b[0], "episode_accuracies")
@@ -374,48 +380,63 @@ def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
             "within_noise": abs(diff) <= ci}
 
 
-def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
-                  progress: bool, ordering: tuple[tuple[str, str], ...] = (),
-                  seeds: int = 1, jobs: int = 1) -> list[Path]:
+def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
+                 progress: bool, ordering: tuple[tuple[str, str], ...] = (),
+                 seeds: int = 1, jobs: int = 1, train: bool = True) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
-    and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, and the fewest
-    rounds any seed ran), ``stem``_runs.csv (one row per run and seed: accuracy, interval,
+    and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, the fewest rounds
+    any seed ran, the seeds' mean cost relative to FedMBO and the fewest clients that kept a
+    channel in any round), ``stem``_runs.csv (one row per run and seed: accuracy, interval,
     cost), ``stem``.md (rows: runs, columns: settings, "acc ± ci95" in %) and an
     accuracy-vs-round plot per setting (first seed); with ``ordering`` (pairs of run names,
     first expected ≥ second), ``stem``_ordering.csv/.md: each pair's :func:`difference` per
-    setting. Everything is computed from the runs' text files, so a rerun over finished runs
-    writes the same bytes."""
+    setting over the seeds both finished. Everything is computed from the runs' text files, so
+    a rerun over finished runs writes the same bytes. With ``train`` False nothing trains: the
+    tables hold the finished runs (a cell's ``seeds`` is how many finished; a cell with none
+    is left out)."""
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, files, checks = [], [], [], []
     wide: dict[str, dict[str, str]] = {}
     for name, configs in grid.items():
-        flat = [(run_name, d, c) for run_name, config in configs.items()
-                for d, c in seed_runs(run_name, config, seeds).items()]
-        paths = run_grid({f"{name}/{d}": c for _, d, c in flat}, out, progress, jobs)
+        flat = {f"{name}/{d}": (run_name, c) for run_name, config in configs.items()
+                for d, c in seed_runs(run_name, config, seeds).items()}
+        paths = run_grid({d: c for d, (_, c) in flat.items()}, out, progress, jobs, train)
+        done = [flat[f"{name}/{p.name}"] for p in paths]
         table = cost_table(paths)
-        runs: dict[str, list[Run]] = {r: [] for r in configs}
-        for (run_name, _, c), row, loaded in zip(flat, table, load_runs(paths)):
+        runs: dict[str, dict[int, Run]] = {r: {} for r in configs}
+        for (run_name, c), row, loaded in zip(done, table, load_runs(paths)):
             row.update({"setting": name, row_key: run_name, "seed": c.seed})
-            runs[run_name].append(loaded)
+            runs[run_name][c.seed] = loaded
         rows += table
         for r in configs:
             cells = [row for row in table if row[row_key] == r]
+            if not cells:
+                continue
             mean, ci = accuracy_summary(cells)
             summary.append({"setting": name, row_key: r, "method": cells[0]["method"],
                             "seeds": len(cells), "mean": mean, "ci95": ci,
-                            "rounds": min(row["rounds"] for row in cells)})
+                            "rounds": min(row["rounds"] for row in cells),
+                            "flops_ratio": _mean([row["flops_ratio"] for row in cells]),
+                            "bytes_ratio": _mean([row["bytes_ratio"] for row in cells]),
+                            "min_channel_cover_x": _least(row["min_channel_cover_x"]
+                                                          for row in cells)})
             wide.setdefault(r, {row_key: r})[name] = accuracy_cell(cells)
         files.append(out / f"{stem}_{name}_accuracy.png")
-        plot([rs[0] for rs in runs.values()], [("accuracy", f"{name} test accuracy", False)],
-             "rounds", files[-1])
-        checks += [{"setting": name, "comparison": f"{a} − {b}"} | difference(runs[a], runs[b])
-                   for a, b in ordering]
+        plot([next(iter(rs.values())) for rs in runs.values() if rs],
+             [("accuracy", f"{name} test accuracy", False)], "rounds", files[-1],
+             dashed=REFERENCES)
+        for a, b in ordering:
+            common = sorted(set(runs[a]) & set(runs[b]))
+            checks.append({"setting": name, "comparison": f"{a} − {b}"}
+                          | difference([runs[a][s] for s in common],
+                                       [runs[b][s] for s in common]))
     files.append(write_csv(summary, list(dict.fromkeys(["setting", row_key, "method"])) + [
-        "seeds", "mean", "ci95", "rounds"], out / f"{stem}.csv"))
+        "seeds", "mean", "ci95", "rounds", "flops_ratio", "bytes_ratio", "min_channel_cover_x"],
+        out / f"{stem}.csv"))
     columns = list(dict.fromkeys([row_key, "setting", "method"])) + [
         "seed", "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio",
-        "bytes_ratio", "gflops", "mb", "wall_seconds"]
+        "bytes_ratio", "gflops", "mb", "min_channel_cover_x", "wall_seconds"]
     files.append(write_csv(rows, columns, out / f"{stem}_runs.csv"))
     files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
     if checks:
@@ -424,69 +445,66 @@ def fewshot_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], r
     return files
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of ``values``, None if any is None."""
+    return None if not values or None in values else float(np.mean(values))
+
+
+def _least(values: Any) -> Any:
+    """The smallest of ``values`` that are not None (None if none is)."""
+    return min((v for v in values if v is not None), default=None)
+
+
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
-           jobs: int = 1) -> list[Path]:
+           jobs: int = 1, train: bool = True) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
             for s in settings or SETTINGS}
-    return fewshot_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs)
+    return seeded_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs, train)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
-           jobs: int = 1) -> list[Path]:
+           jobs: int = 1, train: bool = True) -> list[Path]:
     """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
     grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in TABLE3_METHODS for n in TABLE3_CLIENTS}
             for s in settings or ("5w1s", "5w5s")}
-    return fewshot_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs)
+    return seeded_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs,
+                        train=train)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
-         config: Path | None = None, validate: bool = False, jobs: int = 1) -> list[Path]:
-    """Fig. 4: (a) computation and communication of RABO and RAFBO relative to FedMBO;
-    (b) accuracy against rounds with C_x = 1 versus C_x = 5 at half width for every client."""
+         config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
+         train: bool = True) -> list[Path]:
+    """Fig. 4 (the paper's, at 5w5s): (a) computation and communication of RABO and RAFBO
+    relative to FedMBO (the same runs as Table II's, so an ``out`` shared with it reuses them);
+    (b) RABO's and RAFBO's accuracy with C_x = 1 versus C_x = 5 at half width for every client
+    (ordering: cx5 ≥ cx1)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for s in settings or ("5w1s",):
-        paths = run_grid({f"{s}/{m}": setting(base, s, file, method=m)
-                          for m in ("fedmbo", "rabo", "rafbo")}, out, progress, jobs)
-        rows = [r | {"setting": s} for r in cost_table(paths)]
-        files.append(out / f"fig4_cost_{s}.png")
-        bars(rows, [("flops_ratio", "computation / FedMBO"),
-                    ("bytes_ratio", "communication / FedMBO")], files[-1])
-        files += write_table(rows, ["setting", "method", "flops_ratio", "bytes_ratio", "gflops",
-                                    "mb", "final_accuracy", "accuracy_ci95"],
-                             out, f"fig4_cost_{s}")
-        paths = run_grid({f"{s}/{name}": setting(base, s, file, method="rabo", capacities=[0.5],
-                                                 policy="segments",
-                                                 policy_options={"segments": segments})
-                          for name, segments in CX_SEGMENTS.items()}, out, progress, jobs)
-        rows = [r | {"setting": s, "cover": name, "channel_cover": channel_cover(segments)}
-                for r, (name, segments) in zip(cost_table(paths), CX_SEGMENTS.items())]
-        files.append(out / f"fig4_cover_{s}.png")
-        plot(load_runs(paths), [("accuracy", f"{s} test accuracy", False)], "rounds", files[-1])
-        files += write_table(rows, ["setting", "cover", "channel_cover", "min_cover_x",
-                                    "final_accuracy",
-                                    "accuracy_ci95", "best_accuracy"], out, f"fig4_cover_{s}")
+    grid = {s: {m: setting(base, s, file, method=m) for m in ("fedmbo", "rabo", "rafbo")}
+            | {f"{m}-{name}": setting(base, s, file, method=m, capacities=[0.5],
+                                      policy="segments", policy_options={"segments": segments})
+               for m in ("rabo", "rafbo") for name, segments in CX_SEGMENTS.items()}
+            for s in settings or ("5w5s",)}
+    ordering = (("rabo-cx5", "rabo-cx1"), ("rafbo-cx5", "rafbo-cx1"))
+    files = seeded_table(out, "fig4", grid, "run", progress, ordering, seeds, jobs, train)
+    summary = read_csv(out / "fig4.csv")
+    for s in grid:
+        cost = [r for r in summary if r["setting"] == s and r["run"] in ("fedmbo", "rabo",
+                                                                         "rafbo")]
+        if cost:
+            files.append(out / f"fig4_cost_{s}.png")
+            bars(cost, [("flops_ratio", "computation / FedMBO"),
+                        ("bytes_ratio", "communication / FedMBO")], files[-1])
     return files
 
 
-def channel_cover(segments: list, channels: int = 64) -> int:
-    """The fewest clients whose segments keep a channel (of a layer of ``channels``)."""
-    count = torch.zeros(channels, dtype=torch.int64)
-    for client in segments:
-        count[segment_channels(channels, [tuple(seg) for seg in client])] += 1
-    return int(count.min())
-
-
 EXPERIMENTS = {"fig6": fig6, "table2": table2, "table3": table3, "fig4": fig4}
-SEEDED = ("table2", "table3")    # the experiments that take --seeds

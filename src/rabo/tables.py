@@ -49,3 +49,9 @@ def write_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: 
     ``out``."""
     return [write_csv(rows, columns, out / f"{stem}.csv"),
             write_markdown(rows, columns, out / f"{stem}.md")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file :func:`write_csv` wrote, as text (empty: a missing value)."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
