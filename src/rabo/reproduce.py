@@ -126,9 +126,13 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
         paths.append(path)
     if not train:
         if todo:
+            names = list(todo)[:6] + ([f"… ({len(todo) - 6} more)"] if len(todo) > 6 else [])
             print(f"rabo reproduce: {len(todo)} of {len(configs)} runs not finished, left out: "
-                  + ", ".join(todo), file=sys.stderr, flush=True)
-        return [path for name, path in zip(configs, paths) if name not in todo]
+                  + ", ".join(names), file=sys.stderr, flush=True)
+        paths = [path for name, path in zip(configs, paths) if name not in todo]
+        for path in paths:
+            write_episodes(path)
+        return paths
     show = _GridProgress(len(todo), progress)
     if jobs == 1:
         outcomes = {}

@@ -1,0 +1,49 @@
+"""The committed evidence: results/'s tables are what its runs give, and the README's results
+block is what scripts/results_tables.py writes from them."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("results_tables",
+                                              ROOT / "scripts" / "results_tables.py")
+results_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results_tables)
+
+
+@pytest.mark.parametrize("difference, holds, within, expected", [
+    ("2.5", "True", "False", "holds"), ("0.3", "True", "True", "tie"),
+    ("-0.3", "False", "True", "tie"), ("-2.5", "False", "False", "fails"), ("", "", "", "—")])
+def test_an_ordering_row_in_words(difference, holds, within, expected):
+    row = {"difference": difference, "holds": holds, "within_noise": within}
+    assert results_tables.verdict(row) == expected
+
+
+def test_the_readme_results_block_is_generated_from_results():
+    readme = (ROOT / "README.md").read_text()
+    begin, end = results_tables.BEGIN, results_tables.END
+    assert readme[readme.index(begin):readme.index(end) + len(end)] == results_tables.block()
+
+
+@pytest.mark.parametrize("name", [n for n in results_tables.PLAN
+                                  if (ROOT / "results" / n).is_dir()])
+def test_the_committed_tables_are_what_the_committed_runs_give(name, tmp_path, monkeypatch):
+    """Rebuilt from a copy of the committed run directories (text only), training nothing,
+    the tables are byte for byte those at the top of results/."""
+    monkeypatch.chdir(ROOT)                      # the runs record data_dir relative to it
+    out = tmp_path / name
+    shutil.copytree(ROOT / "results" / name, out,
+                    ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.lock",
+                                                  f"{name}*"))
+    monkeypatch.setattr("rabo.reproduce.run", _trains)
+    tables = results_tables.tabulate(name, out)
+    assert tables
+    for table in tables:
+        assert table.read_bytes() == (ROOT / "results" / table.name).read_bytes(), table.name
+
+
+def _trains(*args, **kwargs):
+    raise AssertionError("a committed run was trained")
