@@ -328,6 +328,7 @@ def test_table3_quick_on_omniglot(tmp_path):
     (["table2", "--settings", "7w1s"], "unknown few-shot setting '7w1s'"),
     (["fig6", "--settings", "5w1s"], "fig6 takes neither --settings nor --config"),
     (["table2", "--seeds", "0"], "--seeds 0: must be an integer ≥ 1"),
+    (["table2", "--tables-only"], "is not a directory of runs; nothing to tabulate"),
 ])
 def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
     assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2

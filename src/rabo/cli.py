@@ -407,6 +407,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / ("reproduce-" + args.experiment
                                       + ("-validate" if args.validate else ""))
     existed = out.exists()
+    if args.tables_only and not out.is_dir():
+        raise ConfigError(f"--tables-only: {str(out)!r} is not a directory of runs; nothing "
+                          f"to tabulate (give the --out a reproduction ran into)")
     try:
         files = EXPERIMENTS[args.experiment](out, args.data_dir, args.dataset, quick=args.quick,
                                              seed=args.seed, progress=not args.quiet,
