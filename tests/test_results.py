@@ -47,3 +47,16 @@ def test_the_committed_tables_are_what_the_committed_runs_give(name, tmp_path, m
 
 def _trains(*args, **kwargs):
     raise AssertionError("a committed run was trained")
+
+
+def test_claims_count_verdicts_and_average_margins_over_the_single_level_baselines():
+    rows = [{"setting": s, "comparison": f"rabo − {b}", "difference": d,
+             "holds": str(float(d) >= 0), "within_noise": str(abs(float(d)) <= 1.0)}
+            for s, b, d in [("5w1s", "static", "3.0"), ("5w1s", "oap", "0.5"),
+                            ("5w5s", "static", "-2.0"), ("5w5s", "fiarse", "1.5")]]
+    rows.append({"setting": "5w1s", "comparison": "fedmbo − rabo", "difference": "9.0",
+                 "holds": "True", "within_noise": "False"})
+    single = results_tables.SINGLE_LEVEL
+    assert results_tables._tally(rows, "rabo", single) == "2 holds, 1 tie, 1 fails"
+    assert results_tables._margin(rows, "rabo") == "+0.75 points (4 comparisons)"  # (3+.5-2+1.5)/4
+    assert results_tables._tally(rows, "rafbo", single) == "not run yet"
