@@ -34,16 +34,7 @@ PLAN: dict[str, dict[str, Any]] = {
     "fig6": {"data_dir": f"{DATA}/fashion-mnist", "seeds": 3, "dataset": "fashion-mnist"},
 }
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def verdict(row: dict[str, str]) -> str:
-    """An ordering row (first expected ≥ second) in words: holds outside its 95 % interval, a
-    tie (the interval holds 0), or fails outside it; ``—`` without a difference."""
-    if not row["difference"]:
-        return "—"
-    if row["within_noise"] == "True":
-        return "tie"
-    return "holds" if row["holds"] == "True" else "fails"
+VERDICTS = ("holds", "tie", "fails", "holds?", "fails?")
 
 
 def tabulate(name: str, out: Path) -> list[Path]:
@@ -70,11 +61,11 @@ def _margin(rows: list[dict[str, str]], method: str) -> str:
 
 
 def _tally(rows: list[dict[str, str]], method: str, against: tuple[str, ...]) -> str:
-    found = [verdict(r) for r in rows
+    found = [r["verdict"] for r in rows
              if r["comparison"] in {f"{method} − {b}" for b in against} and r["difference"]]
     if not found:
         return "not run yet"
-    return ", ".join(f"{found.count(v)} {v}" for v in ("holds", "tie", "fails") if v in found)
+    return ", ".join(f"{found.count(v)} {v}" for v in dict.fromkeys(VERDICTS) if v in found)
 
 
 def _cost(method: str) -> str:
@@ -119,15 +110,17 @@ def claims() -> list[list[str]]:
         ["Table II (ours): rabo-cov above every single-level baseline", "—",
          _tally(t2, "rabo-cov", SINGLE_LEVEL)],
         ["Table II (ours): rabo-cov above rabo, rafbo-cov above rafbo", "—",
-         ", ".join(f"{r['setting']} {r['comparison']}: {verdict(r)}" for r in t2
-                   if r["comparison"].endswith(("− rabo", "− rafbo")) and r["difference"])
-         or "not run yet"],
-        ["Fig. 4: RABO's cost relative to FedMBO", "26.7 % computation, −73.3 % communication",
+         ", ".join(f"{r['setting']} {r['comparison']}: {r['verdict']}" for r in t2
+                   if r["comparison"] in ("rabo-cov − rabo", "rafbo-cov − rafbo")
+                   and r["difference"]) or "not run yet"],
+        ["Fig. 4a: RABO's cost relative to FedMBO (Table II's runs)",
+         "26.7 % computation, −73.3 % communication",
          _cost("rabo")],
-        ["Fig. 4: RAFBO's cost relative to FedMBO", "17.8 % computation, −73.3 % communication",
+        ["Fig. 4a: RAFBO's cost relative to FedMBO (Table II's runs)",
+         "17.8 % computation, −73.3 % communication",
          _cost("rafbo")],
-        ["Fig. 4: C_x = 5 above C_x = 1 (RABO, RAFBO; 5w5s)", "both",
-         ", ".join(f"{r['comparison']}: {verdict(r)}" for r in f4) or "not run yet"],
+        ["Fig. 4b: C_x = 5 above C_x = 1 (RABO, RAFBO; 5w5s)", "both",
+         ", ".join(f"{r['comparison']}: {r['verdict']}" for r in f4) or "not run yet"],
         ["Table III: accuracy falls as clients grow (10, 20, 30, 50)", "yes", _table3()],
         ["Fig. 6: RABO's mean improvement over the baselines", "+9.97 %", _margin(f6, "rabo")],
         ["Fig. 6: RAFBO's mean improvement over the baselines", "+5.53 %",
@@ -153,7 +146,8 @@ def block() -> str:
                       *markdown(["setting", "comparison", "difference (points)", "95 %",
                                  "over", "verdict"],
                                 [[r["setting"], r["comparison"], _num(r["difference"]),
-                                  f"±{float(r['ci95']):.2f}", r["pairing"] or "—", verdict(r)]
+                                  f"±{float(r['ci95']):.2f}" if r["ci95"] else "—",
+                                  r["pairing"] or "—", r["verdict"]]
                                  for r in rows]), ""]
     return "\n".join(lines + [END])
 

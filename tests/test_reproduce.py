@@ -36,11 +36,16 @@ def _check_fig6(out: Path, dataset: str, max_bytes_ratio: float) -> None:
                                    r["bytes_ratio"]) for r in rows]
     png = (out / f"fig6_{dataset}_accuracy.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
-    assert (out / "fig6.md").read_text().count("\n") == len(FIG6_METHODS) + 2
+    md = (out / "fig6.md").read_text()
+    assert md.count("\n") == len(FIG6_METHODS) + 2
+    assert "±" not in md          # loss tuning logs no interval: the mean alone, no "± 0.00"
     # the paper's ordering among fig6's methods (rabo-cov is not one of them)
     checks = list(csv.DictReader((out / "fig6_ordering.csv").open()))
     assert [c["comparison"] for c in checks] == [
-        f"{a} − {b}" for a, b in ORDERING if "rabo-cov" not in (a, b)]
+        f"{a} − {b}" for a, b in ORDERING if not {"rabo-cov", "rafbo-cov"} & {a, b}]
+    for c in checks:              # one run each, no interval: by the sign alone
+        assert (c["ci95"], c["within_noise"]) == ("", "")
+        assert c["verdict"] == ("holds?" if float(c["difference"]) >= 0 else "fails?")
     for m in FIG6_METHODS:
         assert (out / dataset / m / "metrics.jsonl").exists()
 
@@ -55,6 +60,16 @@ def test_fig6_quick_on_digits(tmp_path):
     assert main(["reproduce", "fig6", "--quick", "--dataset", "digits", "--out", str(out),
                  "--quiet"]) == 0
     assert (out / "digits" / "rabo" / "metrics.jsonl").stat().st_mtime_ns == before
+    # a second seed trains only the seed-1 runs; each seed's cost is relative to its own
+    # FedMBO run (the digits runs' FLOPs differ a little by seed)
+    assert main(["reproduce", "fig6", "--quick", "--dataset", "digits", "--out", str(out),
+                 "--quiet", "--seeds", "2"]) == 0
+    assert (out / "digits" / "rabo" / "metrics.jsonl").stat().st_mtime_ns == before
+    rows = _rows(out / "fig6_runs.csv")
+    assert [(r["method"], r["seed"]) for r in rows[:2]] == [("fedmbo", "0"), ("fedmbo", "1")]
+    assert rows[0]["gflops"] != rows[1]["gflops"]
+    assert [float(r["flops_ratio"]) for r in rows[:2]] == [1.0, 1.0]
+    assert [float(r["bytes_ratio"]) for r in rows[:2]] == [1.0, 1.0]
 
 
 @pytest.mark.slow
@@ -186,14 +201,16 @@ def test_over_seeds_cells_and_differences_take_the_seeds_t_interval():
     assert math.isclose(mean, 0.92) and math.isclose(ci, 4.302653 * 0.02 / math.sqrt(3),
                                                      rel_tol=1e-6)
     rows = [{"final_accuracy": v, "accuracy_ci95": 0.001} for v in (0.90, 0.92, 0.94)]
-    assert accuracy_cell(rows) == "92.00 ± 4.97" and accuracy_cell(rows[:1]) == "90.00 ± 0.10"
+    assert accuracy_cell(rows) == "92.00 ± 4.97 (3 seeds)"
+    assert accuracy_cell(rows[:1]) == "90.00 ± 0.10"
+    assert accuracy_cell([{"final_accuracy": 0.9, "accuracy_ci95": None}]) == "90.00"
     assert accuracy_cell([*rows, {"final_accuracy": None}]) == "—"
     # per-seed differences (−1, 3) points, paired by seed (episodes ignored): mean 1,
     # sd 2√2, t(.975, 1) = 12.706: half-width 12.706·2√2/√2 = 25.41
     a = [_run({"accuracy": 0.90, "episode_accuracies": [1.0, 0.8]}), _run({"accuracy": 0.93})]
     b = [_run({"accuracy": 0.91, "episode_accuracies": [0.9, 0.9]}), _run({"accuracy": 0.90})]
     d = difference(a, b)
-    assert d["pairing"] == "seeds" and d["holds"] and d["within_noise"]
+    assert d["pairing"] == "seeds" and d["holds"] and d["within_noise"] and d["verdict"] == "tie"
     assert math.isclose(d["difference"], 1.0) and math.isclose(d["ci95"], 25.4124, rel_tol=1e-5)
 
 
@@ -327,12 +344,20 @@ def test_table3_quick_on_omniglot(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["table2", "--settings", "7w1s"], "unknown few-shot setting '7w1s'"),
     (["fig6", "--settings", "5w1s"], "fig6 takes neither --settings nor --config"),
-    (["table2", "--seeds", "0"], "--seeds 0: must be an integer ≥ 1"),
+    (["table2", "--seeds", "0"], "--seeds 0: must be an integer from 1 to 100"),
+    (["table2", "--seeds", "100000000"], "--seeds 100000000: must be an integer from 1 to 100"),
     (["table2", "--tables-only"], "is not a directory of runs; nothing to tabulate"),
 ])
 def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
     assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_tables_only_over_a_directory_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["reproduce", "fig6", "--dataset", "digits", "--tables-only", "--out",
+                 str(tmp_path), "--quiet"]) == 2
+    assert f"no finished fig6 runs in {str(tmp_path)!r} to tabulate" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_diverging_run_is_reported_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):

@@ -90,6 +90,7 @@ ORDERING = ((("fedmbo", "rabo"),) + tuple((m, b) for m in ("rabo", "rafbo", "rab
 TABLE3_METHODS = ("rabo", "rafbo", "rabo-cov", "rafbo-cov")
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TABLE3_CLIENTS = (10, 20, 30, 50)
+MAX_SEEDS = 100
 FEWSHOT_OPTIONS = {k: type(v) for k, v in FewShot.options.items()}
 QUICK_FEWSHOT = {"rounds": 2, "eval_every": 1, "problem.tasks": 1, "problem.eval_episodes": 10,
                  "problem.final_episodes": 20}
@@ -247,11 +248,13 @@ def _check_reusable(path: Path, config: RunConfig) -> None:
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
     """Final and best accuracy (with the final 95 % interval where logged), and total FLOPs and
-    bytes relative to ``reference``'s run (None without one)."""
+    bytes relative to ``reference``'s run of the same seed (None without one)."""
     runs = load_runs(paths)
-    rows = [summarize(r) | {"accuracy_ci95": _last(r, "accuracy_ci95")} for r in runs]
-    base = next((r for r in rows if r["method"] == reference), None)
+    rows = [summarize(r) | {"accuracy_ci95": _last(r, "accuracy_ci95"),
+                            "seed": r.config.get("seed")} for r in runs]
+    bases = {r["seed"]: r for r in reversed(rows) if r["method"] == reference}
     for r in rows:
+        base = bases.get(r["seed"])
         r["flops_ratio"] = r["gflops"] / base["gflops"] if base and base["gflops"] else None
         r["bytes_ratio"] = r["mb"] / base["mb"] if base and base["mb"] else None
     return rows
@@ -330,9 +333,14 @@ def accuracy_summary(rows: list[dict[str, Any]]) -> tuple[float | None, float | 
 
 
 def accuracy_cell(rows: list[dict[str, Any]]) -> str:
-    """A table cell in %: :func:`accuracy_summary`'s "mean ± ci95", or — without one."""
+    """A table cell in %: :func:`accuracy_summary`'s "mean ± ci95" (the mean alone where no
+    interval was logged), "(n seeds)" after it where the interval is over seeds; — without a
+    mean."""
     mean, ci = accuracy_summary(rows)
-    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (ci or 0.0):.2f}"
+    if mean is None:
+        return "—"
+    cell = f"{100 * mean:.2f}" + ("" if ci is None else f" ± {100 * ci:.2f}")
+    return cell + (f" ({len(rows)} seeds)" if len(rows) > 1 else "")
 
 
 def seed_interval(values: list[float]) -> tuple[float, float]:
@@ -348,8 +356,8 @@ def seed_interval(values: list[float]) -> tuple[float, float]:
 def seed_runs(name: str, config: RunConfig, seeds: int) -> dict[str, RunConfig]:
     """Run ``name`` at ``seeds`` consecutive seeds from its own: the first keeps ``name`` (so a
     one-seed output directory stays valid), the others are ``name-seedS``."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: must be an integer ≥ 1")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds {seeds}: must be an integer from 1 to {MAX_SEEDS}")
     runs = {}
     for s in range(config.seed, config.seed + seeds):
         seeded = copy.deepcopy(config)
@@ -368,7 +376,7 @@ def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
     acc_a, acc_b = [_last(r, "accuracy") for r in a], [_last(r, "accuracy") for r in b]
     if not a or None in acc_a or None in acc_b or len(a) != len(b):
         return {"difference": None, "ci95": None, "pairing": None, "holds": None,
-                "within_noise": None}
+                "within_noise": None, "verdict": None}
     ea, eb = _last(a[0], "episode_accuracies"), _last(b[0], "episode_accuracies")
     if len(a) > 1:
         diff, ci = seed_interval([100 * (x - y) for x, y in zip(acc_a, acc_b)])
@@ -378,12 +386,23 @@ def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
         diff, ci = float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))
         pairing = "episodes"
     else:
-        diff = 100 * (acc_a[0] - acc_b[0])
-        ci = 100 * float(np.hypot(_last(a[0], "accuracy_ci95") or 0.0,
-                                  _last(b[0], "accuracy_ci95") or 0.0))
-        pairing = "none"
+        diff, pairing = 100 * (acc_a[0] - acc_b[0]), "none"
+        ci_a, ci_b = _last(a[0], "accuracy_ci95"), _last(b[0], "accuracy_ci95")
+        ci = None if ci_a is None or ci_b is None else 100 * float(np.hypot(ci_a, ci_b))
+    within = None if ci is None else abs(diff) <= ci
     return {"difference": diff, "ci95": ci, "pairing": pairing, "holds": diff >= 0,
-            "within_noise": abs(diff) <= ci}
+            "within_noise": within, "verdict": verdict(diff, within)}
+
+
+def verdict(diff: float, within_noise: bool | None) -> str:
+    """An ordering (first expected ≥ second) in a word: "holds" outside its 95 % interval,
+    "tie" inside it, "fails" below it; "holds?"/"fails?" by the sign alone without an interval
+    (one run each and no logged interval)."""
+    if within_noise is None:
+        return "holds?" if diff >= 0 else "fails?"
+    if within_noise:
+        return "tie"
+    return "holds" if diff >= 0 else "fails"
 
 
 def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
@@ -428,15 +447,19 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
                             "min_channel_cover_x": _least(row["min_channel_cover_x"]
                                                           for row in cells)})
             wide.setdefault(r, {row_key: r})[name] = accuracy_cell(cells)
-        files.append(out / f"{stem}_{name}_accuracy.png")
-        plot([next(iter(rs.values())) for rs in runs.values() if rs],
-             [("accuracy", f"{name} test accuracy", False)], "rounds", files[-1],
-             dashed=REFERENCES)
+        png = out / f"{stem}_{name}_accuracy.png"
+        if plot([next(iter(rs.values())) for rs in runs.values() if rs],
+                [("accuracy", f"{name} test accuracy", False)], "rounds", png,
+                dashed=REFERENCES):
+            files.append(png)
         for a, b in ordering:
             common = sorted(set(runs[a]) & set(runs[b]))
             checks.append({"setting": name, "comparison": f"{a} − {b}"}
                           | difference([runs[a][s] for s in common],
                                        [runs[b][s] for s in common]))
+    if not rows:
+        raise GridError(f"no finished {stem} runs in {str(out)!r} to tabulate (--tables-only "
+                        f"reads the --out a reproduction ran into, with its --data-dir)")
     files.append(write_csv(summary, list(dict.fromkeys(["setting", row_key, "method"])) + [
         "seeds", "mean", "ci95", "rounds", "flops_ratio", "bytes_ratio", "min_channel_cover_x"],
         out / f"{stem}.csv"))
@@ -447,7 +470,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
     if checks:
         files += write_table(checks, ["setting", "comparison", "difference", "ci95", "pairing",
-                                      "holds", "within_noise"], out, f"{stem}_ordering")
+                                      "holds", "within_noise", "verdict"], out,
+                             f"{stem}_ordering")
     return files
 
 
