@@ -242,8 +242,8 @@ def _check_reusable(path: Path, config: RunConfig) -> None:
     if differ:
         key = differ[0]
         raise ConfigError(f"{path} holds a run with {key}={saved.get(key)!r}, "
-                          f"not {now[key]!r}: use another --out, or delete that directory "
-                          f"to rerun it")
+                          f"not {now[key]!r}: give the options it was made with (--quick, "
+                          f"--config, --data-dir, --validate as then), or another --out")
 
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
