@@ -691,7 +691,8 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_as_an_uninterrupted_grid
                                      f"kept as far as they got: the same command continues "
                                      f"them (finished runs are reused)")
     assert "Traceback" not in rest
-    runs = ["5w1s/fedmbo", "5w1s/rabo", "5w1s/rafbo", "5w1s/cx1", "5w1s/cx5"]
+    runs = ["5w1s/" + r for r in ("fedmbo", "rabo", "rafbo", "rabo-cx1", "rabo-cx5",
+                                   "rafbo-cx1", "rafbo-cx5")]
     # one run was stopped part-way, its rounds so far checkpointed
     stopped = [r for r in runs[:3] if (tmp_path / "two" / r / checkpoint.FILE).exists()
                and not (tmp_path / "two" / r / "final.safetensors").exists()]
