@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rabo.errors import GridError
 from rabo.reproduce import EXPERIMENTS, SINGLE_LEVEL
 from rabo.tables import markdown, read_csv
 
@@ -165,8 +166,12 @@ def _seeds(name: str) -> str:
 def main() -> int:
     for name in PLAN:
         if (RESULTS / name).is_dir():
-            tables = [Path(shutil.copyfile(t, RESULTS / t.name))
-                      for t in tabulate(name, RESULTS / name)]
+            try:
+                tables = [Path(shutil.copyfile(t, RESULTS / t.name))
+                          for t in tabulate(name, RESULTS / name)]
+            except GridError as err:           # a reproduction started, no run finished yet
+                print(f"{name}: {err}")
+                continue
             print(f"{name}: " + ", ".join(t.name for t in tables))
     (RESULTS / "claims.md").write_text("\n".join(
         markdown(["the paper says", "paper", "these runs"], claims())) + "\n")
