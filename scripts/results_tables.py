@@ -53,20 +53,25 @@ def _orderings(name: str) -> list[dict[str, str]]:
     return read_csv(path) if path.exists() else []
 
 
+def _compared(rows: list[dict[str, str]], method: str,
+              against: tuple[str, ...]) -> list[dict[str, str]]:
+    """The ordering rows of ``method`` against each of ``against`` that have a difference."""
+    pairs = {f"{method} − {b}" for b in against}
+    return [r for r in rows if r["comparison"] in pairs and r["difference"]]
+
+
 def _margin(rows: list[dict[str, str]], method: str) -> str:
     """``method``'s mean margin over the single-level baselines, in points, over every setting
     with a difference."""
-    diffs = [float(r["difference"]) for r in rows if r["difference"]
-             and r["comparison"] in {f"{method} − {b}" for b in SINGLE_LEVEL}]
+    diffs = [float(r["difference"]) for r in _compared(rows, method, SINGLE_LEVEL)]
     return f"{np.mean(diffs):+.2f} points ({len(diffs)} comparisons)" if diffs else "not run yet"
 
 
 def _tally(rows: list[dict[str, str]], method: str, against: tuple[str, ...]) -> str:
-    found = [r["verdict"] for r in rows
-             if r["comparison"] in {f"{method} − {b}" for b in against} and r["difference"]]
+    found = [r["verdict"] for r in _compared(rows, method, against)]
     if not found:
         return "not run yet"
-    return ", ".join(f"{found.count(v)} {v}" for v in dict.fromkeys(VERDICTS) if v in found)
+    return ", ".join(f"{found.count(v)} {v}" for v in VERDICTS if v in found)
 
 
 def _cost(method: str) -> str:
