@@ -97,7 +97,7 @@ def _strip_models(out: Path) -> None:
         shutil.rmtree(kept)
 
 
-def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
+def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch, capsys):
     out = tmp_path / "fewshot"
     args = ["--quick", "--settings", "5w1s", "--data-dir", DATA, "--out", str(out), "--quiet"]
     assert main(["reproduce", "table2", *args]) == 0
@@ -140,6 +140,7 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
         patch.setattr("rabo.reproduce.run", _trains)
         assert main(["reproduce", "table2", *args]) == 0
     assert {p: p.read_bytes() for p in out.glob("table2*")} == tables
+    _check_other_settings_are_tabulated_not_trained(out, args, monkeypatch, capsys)
     # fig4 reuses table2's fedmbo, rabo and rafbo runs (same configs) and adds the C_x runs
     with monkeypatch.context() as patch:
         patch.setattr("rabo.reproduce.run",
@@ -161,6 +162,39 @@ def test_table2_and_fig4_quick_on_omniglot(tmp_path, monkeypatch):
     for name in ("fig4_cost_5w1s.png", "fig4_5w1s_accuracy.png"):
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def _check_other_settings_are_tabulated_not_trained(out: Path, args: list[str], monkeypatch,
+                                                    capsys) -> None:
+    """A setting in ``out`` that was not asked for is tabulated from its runs, not trained, so
+    rerunning one setting keeps the others' rows (here 5w1s's runs, under 5w5s's configs, pose
+    as 5w5s's); one whose runs were made with another config is left out in a line."""
+    from rabo.experiment import build
+    from rabo.reproduce import fewshot_base, setting
+
+    base, file = fewshot_base(DATA, True, 0, None)
+    for m in FEWSHOT_METHODS:
+        shutil.copytree(out / "5w1s" / m, out / "5w5s" / m)
+        config = build(setting(base, "5w5s", file, method=m)).config
+        (out / "5w5s" / m / "config.json").write_text(json.dumps(config.to_dict()))
+    shutil.copytree(out / "5w1s" / "rabo", out / "20w1s" / "rabo")      # 5w1s's config
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr("rabo.reproduce.run", _trains)
+        assert main(["reproduce", "table2", *args]) == 0
+        err = capsys.readouterr().err
+        tables = {p.name: p.read_bytes() for p in out.glob("table2*")}
+        asked = ["5w5s,5w1s" if a == "5w1s" else a for a in args]
+        assert main(["reproduce", "table2", *asked, "--tables-only"]) == 0
+    assert "setting 20w1s left out of the tables: " in err and "20w1s/rabo holds a run" in err
+    summary = _rows(out / "table2.csv")
+    assert [s["setting"] for s in summary] == ["5w1s"] * 11 + ["5w5s"] * 11
+    assert [s["mean"] for s in summary[11:]] == [s["mean"] for s in summary[:11]]
+    assert (out / "table2.md").read_text().splitlines()[0] == "| method | 5w1s | 5w5s |"
+    # asking for both (in another order) writes the same bytes
+    assert {p.name: p.read_bytes() for p in out.glob("table2*")} == tables
+    shutil.rmtree(out / "5w5s")
+    shutil.rmtree(out / "20w1s")
 
 
 def _trains_only(names: set[str]):
@@ -303,6 +337,7 @@ def test_tables_only_tabulates_the_finished_runs_trains_nothing_and_names_the_re
     source, _ = seeded_table
     out = tmp_path / "partial"
     shutil.copytree(source, out)
+    _strip_models(out)                # text alone, as committed
     for stale in out.glob("t*"):
         stale.unlink()
     metrics = out / "5w1s" / "rabo-seed1" / "metrics.jsonl"

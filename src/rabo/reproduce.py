@@ -26,7 +26,8 @@ Few-shot on Omniglot (paper V-A), run settings from the packaged ``rabo/configs/
 
 Every experiment runs its cells at ``seeds`` consecutive seeds (:func:`seeded_table`): one table
 row per setting and run with the seeds' mean and 95 % interval, and the paper's ordering as
-differences with intervals.
+differences with intervals. The few-shot tables cover every setting in ``out``
+(:func:`fewshot_settings`): ``settings`` says which to train.
 
 ``--quick`` runs the same pipeline at a size that finishes in minutes (2 rounds, one task per
 client, 20 final test episodes).
@@ -407,7 +408,8 @@ def verdict(diff: float, within_noise: bool | None) -> str:
 
 def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
                  progress: bool, ordering: tuple[tuple[str, str], ...] = (),
-                 seeds: int = 1, jobs: int = 1, train: bool = True) -> list[Path]:
+                 seeds: int = 1, jobs: int = 1, train: bool = True,
+                 tabulate_only: frozenset[str] = frozenset()) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
     and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, the fewest rounds
@@ -418,15 +420,27 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     first expected ≥ second), ``stem``_ordering.csv/.md: each pair's :func:`difference` per
     setting over the seeds both finished. Everything is computed from the runs' text files, so
     a rerun over finished runs writes the same bytes. With ``train`` False nothing trains: the
-    tables hold the finished runs (a cell's ``seeds`` is how many finished; a cell with none
-    is left out)."""
+    tables hold the finished runs (a cell's ``seeds`` is how many finished; a cell or setting
+    with none is left out); so it is for the settings in ``tabulate_only``
+    (:func:`fewshot_settings`), and one of those whose runs were made with another config is
+    left out with a line on stderr."""
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, files, checks = [], [], [], []
     wide: dict[str, dict[str, str]] = {}
     for name, configs in grid.items():
         flat = {f"{name}/{d}": (run_name, c) for run_name, config in configs.items()
                 for d, c in seed_runs(run_name, config, seeds).items()}
-        paths = run_grid({d: c for d, (_, c) in flat.items()}, out, progress, jobs, train)
+        try:
+            paths = run_grid({d: c for d, (_, c) in flat.items()}, out, progress, jobs,
+                             train and name not in tabulate_only)
+        except ConfigError as err:
+            if name not in tabulate_only:
+                raise
+            print(f"rabo reproduce: setting {name} left out of the tables: {err}",
+                  file=sys.stderr, flush=True)
+            continue
+        if not paths:         # nothing finished (with ``train`` False): no rows, no ordering
+            continue
         done = [flat[f"{name}/{p.name}"] for p in paths]
         table = cost_table(paths)
         runs: dict[str, dict[int, Run]] = {r: {} for r in configs}
@@ -467,7 +481,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
         "seed", "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio",
         "bytes_ratio", "gflops", "mb", "min_channel_cover_x", "wall_seconds"]
     files.append(write_csv(rows, columns, out / f"{stem}_runs.csv"))
-    files.append(write_markdown(list(wide.values()), [row_key, *grid], out / f"{stem}.md"))
+    tabulated = dict.fromkeys(row["setting"] for row in rows)
+    files.append(write_markdown(list(wide.values()), [row_key, *tabulated], out / f"{stem}.md"))
     if checks:
         files += write_table(checks, ["setting", "comparison", "difference", "ci95", "pairing",
                                       "holds", "within_noise", "verdict"], out,
@@ -485,15 +500,30 @@ def _least(values: Any) -> Any:
     return min((v for v in values if v is not None), default=None)
 
 
+def fewshot_settings(out: Path, asked: list[str] | None,
+                     default: tuple[str, ...]) -> tuple[list[str], frozenset[str]]:
+    """The settings a few-shot reproduction tabulates, in :data:`SETTINGS`' order: those asked
+    for (or ``default``) and every other setting with a directory in ``out``, tabulated from
+    its finished runs without training (the second value), so that rerunning one setting keeps
+    the others' rows in ``out``'s tables, and the tables do not depend on how it was asked."""
+    asked = list(asked or default)
+    for name in asked:
+        if name not in SETTINGS:
+            raise UnknownNameError("few-shot setting", name, SETTINGS)
+    names = [s for s in SETTINGS if s in asked or (out / s).is_dir()]
+    return names, frozenset(s for s in names if s not in asked)
+
+
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
            jobs: int = 1, train: bool = True) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
-    grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS}
-            for s in settings or SETTINGS}
-    return seeded_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs, train)
+    names, others = fewshot_settings(out, settings, tuple(SETTINGS))
+    grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS} for s in names}
+    return seeded_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs, train,
+                        others)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
@@ -503,11 +533,11 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
     """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
     grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
+    names, others = fewshot_settings(out, settings, ("5w1s", "5w5s"))
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
-                for m in TABLE3_METHODS for n in TABLE3_CLIENTS}
-            for s in settings or ("5w1s", "5w5s")}
+                for m in TABLE3_METHODS for n in TABLE3_CLIENTS} for s in names}
     return seeded_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs,
-                        train=train)
+                        train=train, tabulate_only=others)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
@@ -519,13 +549,15 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
     (b) RABO's and RAFBO's accuracy with C_x = 1 versus C_x = 5 at half width for every client
     (ordering: cx5 ≥ cx1)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
+    names, others = fewshot_settings(out, settings, ("5w5s",))
     grid = {s: {m: setting(base, s, file, method=m) for m in ("fedmbo", "rabo", "rafbo")}
             | {f"{m}-{name}": setting(base, s, file, method=m, capacities=[0.5],
                                       policy="segments", policy_options={"segments": segments})
                for m in ("rabo", "rafbo") for name, segments in CX_SEGMENTS.items()}
-            for s in settings or ("5w5s",)}
+            for s in names}
     ordering = (("rabo-cx5", "rabo-cx1"), ("rafbo-cx5", "rafbo-cx1"))
-    files = seeded_table(out, "fig4", grid, "run", progress, ordering, seeds, jobs, train)
+    files = seeded_table(out, "fig4", grid, "run", progress, ordering, seeds, jobs, train,
+                         others)
     summary = read_csv(out / "fig4.csv")
     for s in grid:
         cost = [r for r in summary if r["setting"] == s and r["run"] in ("fedmbo", "rabo",
