@@ -78,3 +78,19 @@ def test_claims_count_verdicts_and_average_margins_over_the_single_level_baselin
     assert results_tables._tally(rows, "rabo", single) == "2 holds, 1 tie, 1 fails"
     assert results_tables._margin(rows, "rabo") == "+0.75 points (4 comparisons)"  # (3+.5-2+1.5)/4
     assert results_tables._tally(rows, "rafbo", single) == "not run yet"
+
+
+def test_the_cover_variants_are_set_against_the_best_single_level_baseline_of_each_setting():
+    summary = [{"setting": s, "method": m, "mean": a} for s, m, a in [
+        ("5w1s", "static", "0.80"), ("5w1s", "oap", "0.81"), ("5w1s", "rabo-cov", "0.99"),
+        ("5w5s", "oap", "0.92"), ("5w5s", "fiarse", "0.94"), ("5w5s", "fedrolex", "")]]
+    rows = [{"setting": s, "comparison": c, "difference": d, "ci95": ci, "verdict": v}
+            for s, c, d, ci, v in [
+                ("5w1s", "rabo-cov − static", "3.5", "4.6", "tie"),
+                ("5w1s", "rabo-cov − oap", "2.39", "2.17", "holds"),
+                ("5w1s", "rafbo-cov − oap", "", "", ""),              # not run: left out
+                ("5w5s", "rabo-cov − oap", "0.5", "0.3", "holds"),
+                ("5w5s", "rabo-cov − fiarse", "-1.6", "", "fails?")]]
+    assert results_tables._against_best(rows, summary, ("rabo-cov", "rafbo-cov")) == (
+        "5w1s rabo-cov − oap: +2.39 ± 2.17 holds, 5w5s rabo-cov − fiarse: -1.60 fails?")
+    assert results_tables._against_best(rows, [], ("rabo-cov",)) == "not run yet"
