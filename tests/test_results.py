@@ -75,9 +75,12 @@ def test_claims_count_verdicts_and_average_margins_over_the_single_level_baselin
     rows.append({"setting": "5w1s", "comparison": "fedmbo − rabo", "difference": "9.0",
                  "verdict": "holds"})
     single = results_tables.SINGLE_LEVEL
-    assert results_tables._tally(rows, "rabo", single) == "2 holds, 1 tie, 1 fails"
-    assert results_tables._margin(rows, "rabo") == "+0.75 points (4 comparisons)"  # (3+.5-2+1.5)/4
-    assert results_tables._tally(rows, "rafbo", single) == "not run yet"
+    assert results_tables._tally(rows, ("rabo",), single) == ("5w1s: 1 holds, 1 tie; "
+                                                           "5w5s: 1 holds, 1 fails")
+    # mean (3 + .5 − 2 + 1.5)/4, median (.5 + 1.5)/2
+    assert results_tables._margin(rows, "rabo") == ("+0.75 points mean, +1.00 median "
+                                                    "(4 comparisons)")
+    assert results_tables._tally(rows, ("rafbo",), single) == "not run yet"
 
 
 def test_the_cover_variants_are_set_against_the_best_single_level_baseline_of_each_setting():
