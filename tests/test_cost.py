@@ -48,3 +48,15 @@ def test_segments_set_the_cover_number_exactly():
                        policy_options={"segments": [[[0.0, 0.5]], [[0.5, 1.0]], [[0.0, 1.0]]]})
     (row,) = measure(config, ["rabo"], rounds=2)
     assert row["cover_x"] == 2 and row["cover_y"] == 2
+
+
+def test_the_cost_report_counts_rounds_without_evaluating(monkeypatch):
+    """Its rounds are the run's last (``rounds`` = 2 here), which evaluate in a run: a ResNet-12
+    cost report spent half an hour on 600 final test episodes before this."""
+    from rabo.problems import get_problem
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("the cost report evaluated")
+    monkeypatch.setattr(get_problem("quadratic"), "evaluate", evaluate)
+    (row,) = measure(RunConfig(problem="quadratic", eval_every=1), ["rabo"], rounds=2)
+    assert row["flops"] > 0 and row["bytes_down"] > 0

@@ -21,7 +21,8 @@ COLUMNS = ("flops_inner", "flops_outer", "flops", "bytes_down", "bytes_up")
 def measure(config: RunConfig, methods: Sequence[str] | None = None,
             rounds: int = 1) -> list[dict[str, Any]]:
     """Run ``rounds`` rounds of each method (default: every method defined on the problem) from
-    the initial model and average the counted costs per client per round; ratios are to
+    the initial model, without evaluating (a ResNet-12's 600 final test episodes would outlast
+    its round many times), and average the counted costs per client per round; ratios are to
     ``fedmbo`` (its preset, whatever policy or estimator ``config`` overrides for the others)
     on the same problem and data."""
     if methods is None:
@@ -34,7 +35,7 @@ def measure(config: RunConfig, methods: Sequence[str] | None = None,
         exp = build(dataclasses.replace(config, method=name, rounds=rounds, **preset))
         state = RunState(*exp.problem.init_params(exp.config.seed))
         flops = FlopCache()
-        history = [simulate_round(exp, state, flops) for _ in range(rounds)]
+        history = [simulate_round(exp, state, flops, evaluate=False) for _ in range(rounds)]
         per = rounds * exp.config.clients
         row = {"method": name, **{c: sum(m[c] for m in history) / per for c in COLUMNS}}
         row["cover_x"] = min(m["cover_x"] for m in history)

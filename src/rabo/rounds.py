@@ -117,9 +117,12 @@ def pause_for_tests(point: str, round: int) -> None:
 
 
 def run_round(exp: Experiment, state: RunState, transport: Transport,
-              clients: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
+              clients: tuple[list[int], list[int]] | None = None,
+              evaluate: bool = True) -> dict[str, Any]:
     """One round; updates ``state`` and returns its metrics. ``clients`` = (participants,
-    failed) overrides the seeded draw of :func:`server.participants`."""
+    failed) overrides the seeded draw of :func:`server.participants`. With ``evaluate`` False
+    the round skips the evaluation its number would call for (every ``eval_every`` rounds and
+    the last), as the cost report and the benchmarks, which time and count rounds, want."""
     start = time.perf_counter()
     cfg, problem, plan = exp.config, exp.problem, exp.problem.plan
     t, x, y = state.round, state.x, state.y
@@ -158,7 +161,7 @@ def run_round(exp: Experiment, state: RunState, transport: Transport,
         "rejected": sorted(set(rejected)),
     }
     metrics.update(problem.round_metrics(x, y))
-    if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+    if evaluate and ((t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds):
         pause_for_tests("evaluate", t + 1)
         metrics.update(problem.evaluate(x, y, final=t + 1 == cfg.rounds))
     metrics["seconds"] = time.perf_counter() - start

@@ -23,7 +23,6 @@ from ..tables import markdown
 from .roofline import timed
 
 SETTING = "5w1s"
-NEVER = 10 ** 9   # rounds / eval_every while timing: no evaluation rounds
 
 
 def column_configs(seed: int = 0, data_dir: str | None = None) -> dict[str, RunConfig]:
@@ -50,9 +49,9 @@ def method_times(config: RunConfig, rounds: int, warmup: int, device: str,
     model) and per test episode (:meth:`FewShot.episode_accuracies` on ``EVAL_CHUNK`` episodes
     after the timed rounds; methods with the same problem options share one measurement, kept
     in ``episode_seconds``), and the run time they give at the configured rounds."""
-    exp = build(dataclasses.replace(config, rounds=NEVER, eval_every=NEVER, device=device))
+    exp = build(dataclasses.replace(config, device=device))
     state, cache = RunState(*exp.problem.init_params(config.seed)), FlopCache()
-    times = [timed(lambda: simulate_round(exp, state, cache), device)[0]
+    times = [timed(lambda: simulate_round(exp, state, cache, evaluate=False), device)[0]
              for _ in range(warmup + rounds)][warmup:]
     kind = json.dumps(exp.config.problem_options, sort_keys=True)
     if kind not in episode_seconds:

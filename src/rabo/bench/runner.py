@@ -50,7 +50,6 @@ EVAL_EPISODES = 600               # fewshot-eval: a few-shot run's final_episode
 SAME_ACCURACY = 1e-6              # per-episode accuracies are k/Q: a flipped query is ≥ 1/Q
 SPEEDUP_TARGET = 5.0              # issue 24: fewshot-eval batched ≥ 5× the per-episode loop
 RSS_LIMIT = 4 * 2 ** 30           # quadratic at 1,000 clients must stay below it
-NEVER = 10 ** 9                   # rounds / eval_every of a bench config: no evaluation rounds
 MIB = 2 ** 20
 
 
@@ -160,7 +159,8 @@ def run_simulator(exp: Experiment, total: int, warmup: int) -> tuple[RunState, d
     cache = FlopCache()
 
     def step(r: int) -> tuple[float, int]:
-        took, metrics, _ = _timed(lambda: simulate_round(exp, state, cache), on, count=False)
+        took, metrics, _ = _timed(lambda: simulate_round(exp, state, cache, evaluate=False), on,
+                                  count=False)
         return took, int(metrics["flops"])
 
     return state, {**_rounds(step, total, warmup, on), "device": on}
@@ -213,8 +213,7 @@ def measure(workload: Workload, rounds: int = 3, warmup: int = 1, device: str = 
             roofline: Roofline | None = None) -> dict[str, Any]:
     """Simulator and naive loop on one workload, ``warmup`` + ``rounds`` rounds each from the
     same initial model; seconds per round are medians over the ``rounds`` timed ones."""
-    exp = build(dataclasses.replace(workload.config, rounds=NEVER, eval_every=NEVER,
-                                    device=device))
+    exp = build(dataclasses.replace(workload.config, device=device))
     total = warmup + rounds
     state, sim = run_simulator(exp, total, warmup)
     gc.collect()

@@ -58,6 +58,7 @@ class LocalTransport:
 
 
 def simulate_round(exp: Experiment, state: RunState, flops: FlopCache,
-                   clients: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
+                   clients: tuple[list[int], list[int]] | None = None,
+                   evaluate: bool = True) -> dict[str, Any]:
     """One round in this process (see :func:`rabo.rounds.run_round`)."""
-    return run_round(exp, state, LocalTransport(exp, flops), clients)
+    return run_round(exp, state, LocalTransport(exp, flops), clients, evaluate)
