@@ -97,3 +97,24 @@ def test_the_cover_variants_are_set_against_the_best_single_level_baseline_of_ea
     assert results_tables._against_best(rows, summary, ("rabo-cov", "rafbo-cov")) == (
         "5w1s rabo-cov − oap: +2.39 ± 2.17 holds, 5w5s rabo-cov − fiarse: -1.60 fails?")
     assert results_tables._against_best(rows, [], ("rabo-cov",)) == "not run yet"
+
+
+def test_the_resnet12_cost_report_counts_the_model_s_parameters():
+    """results/resnet12/cost.json (one round of ``rabo cost``) against arithmetic: FedMBO
+    sends x and y up and receives x and y, then y again for the outer phase, 4 bytes each
+    (ResNet-12 backbone, 5-way linear head on its 512 features)."""
+    import json
+
+    from rabo.models import MODELS
+
+    rows = {r["method"]: r for r in json.loads((ROOT / "results" / "resnet12" / "cost.json")
+                                               .read_text())}
+    backbone = MODELS["resnet12"]()
+    x = sum(p.numel() for p in backbone.parameters())
+    y = 5 * backbone.out_features + 5
+    assert x > 7.9e6 and rows["fedmbo"]["bytes_up"] == 4 * (x + y)
+    assert rows["fedmbo"]["bytes_down"] == 4 * (x + 2 * y)
+    assert rows["rabo"]["flops"] == rows["rafbo"]["flops"]
+    for m in ("rabo", "rafbo"):
+        assert rows[m]["flops_ratio"] == pytest.approx(rows[m]["flops"] / rows["fedmbo"]["flops"])
+        assert 0.25 < rows[m]["bytes_ratio"] < 0.28      # the paper: −73.3 % communication
