@@ -103,9 +103,8 @@ def _against_best(rows: list[dict[str, str]], summary: list[dict[str, str]],
     for setting in dict.fromkeys(r["setting"] for r in baselines):
         best = max((r for r in baselines if r["setting"] == setting),
                    key=lambda r: float(r["mean"]))["method"]
-        for r in rows:
-            if r["setting"] == setting and r["difference"] and r["comparison"] in {
-                    f"{m} − {best}" for m in methods}:
+        for r in _compared(rows, methods, (best,)):
+            if r["setting"] == setting:
                 ci = f" ± {float(r['ci95']):.2f}" if r["ci95"] else ""
                 parts.append(f"{setting} {r['comparison']}: {_num(r['difference'])}{ci} "
                              f"{r['verdict']}")
