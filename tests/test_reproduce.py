@@ -363,6 +363,31 @@ def test_tables_only_tabulates_the_finished_runs_trains_nothing_and_names_the_re
     assert not (out / "5w1s" / "rabo-seed2").exists()
 
 
+def test_methods_trains_only_those_and_tabulates_the_others_finished_runs(
+        seeded_table, tmp_path, monkeypatch, capsys):
+    """``methods``: rabo's unfinished seed trains; static's is named and left out; static's
+    finished seed is still in the tables."""
+    from rabo import reproduce
+
+    source, _ = seeded_table
+    out = tmp_path / "partial"
+    shutil.copytree(source, out)
+    _strip_models(out)
+    for stale in out.glob("t*"):
+        stale.unlink()
+    for run in ("rabo-seed1", "static-seed1"):
+        shutil.rmtree(out / "5w1s" / run)
+    monkeypatch.setattr(reproduce, "run", _trains_only({"rabo-seed1"}))
+    reproduce.seeded_table(out, "t", _seeded_grid(), "method", False, (("rabo", "static"),),
+                           seeds=2, methods=["rabo"])
+    assert "1 of 4 runs not finished, left out: 5w1s/static-seed1" in capsys.readouterr().err
+    assert [(r["method"], r["seed"]) for r in _rows(out / "t_runs.csv")] == [
+        ("rabo", "0"), ("rabo", "1"), ("static", "0")]
+    assert [(r["method"], r["seeds"]) for r in _rows(out / "t.csv")] == [("rabo", "2"),
+                                                                         ("static", "1")]
+    assert not (out / "5w1s" / "static-seed1").exists()
+
+
 @pytest.mark.slow
 def test_table3_quick_on_omniglot(tmp_path):
     out = tmp_path / "table3"
@@ -383,6 +408,8 @@ def test_table3_quick_on_omniglot(tmp_path):
     (["table2", "--seeds", "0"], "--seeds 0: must be an integer from 1 to 100"),
     (["table2", "--seeds", "100000000"], "--seeds 100000000: must be an integer from 1 to 100"),
     (["table2", "--tables-only"], "is not a directory of runs; nothing to tabulate"),
+    (["table3", "--methods", "rabo,fedmbo", "--data-dir", DATA + "/omniglot"],
+     "unknown table3 method 'fedmbo'; allowed: rabo, rabo-cov, rafbo, rafbo-cov"),
 ])
 def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
     assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2

@@ -156,6 +156,10 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
                    help="few-shot: comma-separated settings to run, e.g. 5w1s,20w5s "
                         "(default: the experiment's)")
+    p.add_argument("--methods", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                   help="comma-separated methods whose runs to train, e.g. rabo,rafbo (default: "
+                        "all of the experiment's); the others' finished runs in OUT are still "
+                        "tabulated")
     p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: the "
                    "packaged rabo/configs/fewshot.toml, as `rabo run fewshot` uses)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
@@ -415,7 +419,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                              seed=args.seed, progress=not args.quiet,
                                              settings=args.settings, config=args.config,
                                              validate=args.validate, seeds=args.seeds,
-                                             jobs=args.jobs, train=not args.tables_only)
+                                             jobs=args.jobs, train=not args.tables_only,
+                                             methods=args.methods)
     except RaboError:                   # refused: leave no empty folder behind
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -103,7 +103,8 @@ CX_SEGMENTS = {"cx1": [[[0.0, 0.5]]] * 9 + [[[0.5, 1.0]]],
 
 
 def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
-             jobs: int = 1, train: bool = True) -> list[Path]:
+             jobs: int = 1, train: bool = True,
+             tabulate_only: frozenset[str] = frozenset()) -> list[Path]:
     """Run every config into ``out/<name>``, so that a reproduction accumulates across sessions
     and an interrupted one continues where it stopped: a finished run (:func:`finished`) is
     reused, an unfinished one resumes from its checkpoint, or without one (text results only,
@@ -117,7 +118,8 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
     ``progress``); a run that diverges is reported and kept as far as it got (the tables'
     ``rounds`` column shows where it stopped); one that fails otherwise is reported in one line,
     the others still run, and then a :class:`GridError` names it. With ``train`` False nothing
-    trains: the unfinished runs are named on stderr and left out of the returned directories."""
+    trains, and the runs named in ``tabulate_only`` never do: those unfinished are named on
+    stderr and left out of the returned directories."""
     check_jobs(jobs)
     paths, todo = [], {}
     for name, config in configs.items():
@@ -130,17 +132,15 @@ def run_grid(configs: dict[str, RunConfig], out: Path, progress: bool = True,
             resume = saved and (path / checkpoint.FILE).exists()
             todo[name] = (name, exp.config.to_dict(), str(path), resume)
         paths.append(path)
-    if not train:
-        if todo:
-            names = list(todo)[:6] + ([f"… ({len(todo) - 6} more)"] if len(todo) > 6 else [])
-            print(f"rabo reproduce: {len(todo)} of {len(configs)} runs not finished, left out: "
-                  + ", ".join(names), file=sys.stderr, flush=True)
-        paths = [path for name, path in zip(configs, paths) if name not in todo]
-        for path in paths:
-            write_episodes(path)
-        return paths
+    left = [name for name in todo if not train or name in tabulate_only]
+    if left:
+        names = left[:6] + ([f"… ({len(left) - 6} more)"] if len(left) > 6 else [])
+        print(f"rabo reproduce: {len(left)} of {len(configs)} runs not finished, left out: "
+              + ", ".join(names), file=sys.stderr, flush=True)
+        paths = [path for name, path in zip(configs, paths) if name not in left]
+        todo = {name: task for name, task in todo.items() if name not in left}
     show = _GridProgress(len(todo), progress)
-    if jobs == 1:
+    if jobs == 1 or not todo:
         outcomes = {}
         for name, task in todo.items():
             show(name, STARTED)
@@ -270,7 +270,7 @@ def _last(run: Run, key: str) -> Any:
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
          config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
-         train: bool = True) -> list[Path]:
+         train: bool = True, methods: list[str] | None = None) -> list[Path]:
     """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data, runs
     in ``out/<dataset>/<method>``; the table's rows are the methods, its one column the data
     set, and the ordering the paper's (FedMBO ≥ RABO ≥ each single-level baseline, RAFBO too)."""
@@ -286,7 +286,8 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
         base = dataclasses.replace(base, rounds=3, eval_every=1)
     grid = {dataset: {m: dataclasses.replace(base, method=m) for m in FIG6_METHODS}}
     ordering = tuple(pair for pair in ORDERING if set(pair) <= set(FIG6_METHODS))
-    return seeded_table(out, "fig6", grid, "method", progress, ordering, seeds, jobs, train)
+    return seeded_table(out, "fig6", grid, "method", progress, ordering, seeds, jobs, train,
+                        methods=methods)
 
 
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
@@ -411,7 +412,8 @@ def verdict(diff: float, within_noise: bool | None) -> str:
 def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], row_key: str,
                  progress: bool, ordering: tuple[tuple[str, str], ...] = (),
                  seeds: int = 1, jobs: int = 1, train: bool = True,
-                 tabulate_only: frozenset[str] = frozenset()) -> list[Path]:
+                 tabulate_only: frozenset[str] = frozenset(),
+                 methods: list[str] | None = None) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
     and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, the fewest rounds
@@ -425,7 +427,12 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     tables hold the finished runs (a cell's ``seeds`` is how many finished; a cell or setting
     with none is left out); so it is for the settings in ``tabulate_only``
     (:func:`fewshot_settings`), and one of those whose runs were made with another config is
-    left out with a line on stderr."""
+    left out with a line on stderr. With ``methods``, only those methods' runs train; the
+    others' finished runs are tabulated all the same."""
+    known = list(dict.fromkeys(c.method for configs in grid.values() for c in configs.values()))
+    for method in methods or ():
+        if method not in known:
+            raise UnknownNameError(f"{stem} method", method, known)
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, files, checks = [], [], [], []
     wide: dict[str, dict[str, str]] = {}
@@ -434,7 +441,9 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
                 for d, c in seed_runs(run_name, config, seeds).items()}
         try:
             paths = run_grid({d: c for d, (_, c) in flat.items()}, out, progress, jobs,
-                             train and name not in tabulate_only)
+                             train and name not in tabulate_only,
+                             frozenset(d for d, (_, c) in flat.items()
+                                       if methods and c.method not in methods))
         except ConfigError as err:
             if name not in tabulate_only:
                 raise
@@ -519,19 +528,21 @@ def fewshot_settings(out: Path, asked: list[str] | None,
 def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
-           jobs: int = 1, train: bool = True) -> list[Path]:
+           jobs: int = 1, train: bool = True,
+           methods: list[str] | None = None) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     names, others = fewshot_settings(out, settings, tuple(SETTINGS))
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS} for s in names}
     return seeded_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs, train,
-                        others)
+                        others, methods)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
-           jobs: int = 1, train: bool = True) -> list[Path]:
+           jobs: int = 1, train: bool = True,
+           methods: list[str] | None = None) -> list[Path]:
     """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
     grows (capacities spread evenly)."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
@@ -539,13 +550,13 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in TABLE3_METHODS for n in TABLE3_CLIENTS} for s in names}
     return seeded_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs,
-                        train=train, tabulate_only=others)
+                        train=train, tabulate_only=others, methods=methods)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
          config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
-         train: bool = True) -> list[Path]:
+         train: bool = True, methods: list[str] | None = None) -> list[Path]:
     """Fig. 4 (the paper's, at 5w5s): (a) computation and communication of RABO and RAFBO
     relative to FedMBO (the same runs as Table II's, so an ``out`` shared with it reuses them);
     (b) RABO's and RAFBO's accuracy with C_x = 1 versus C_x = 5 at half width for every client
@@ -559,7 +570,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
             for s in names}
     ordering = (("rabo-cx5", "rabo-cx1"), ("rafbo-cx5", "rafbo-cx1"))
     files = seeded_table(out, "fig4", grid, "run", progress, ordering, seeds, jobs, train,
-                         others)
+                         others, methods)
     summary = read_csv(out / "fig4.csv")
     for s in grid:
         cost = [r for r in summary if r["setting"] == s and r["run"] in ("fedmbo", "rabo",
