@@ -388,6 +388,25 @@ def test_methods_trains_only_those_and_tabulates_the_others_finished_runs(
     assert not (out / "5w1s" / "static-seed1").exists()
 
 
+def test_place_lays_the_markdown_table_out(seeded_table, tmp_path, monkeypatch):
+    """``place(setting, run)`` gives each cell's row and column: here the seed-averaged cells of
+    rabo and static as one row with a column per method."""
+    from rabo import reproduce
+
+    source, _ = seeded_table
+    out = tmp_path / "placed"
+    shutil.copytree(source, out)
+    monkeypatch.setattr(reproduce, "run", _trains)
+    reproduce.seeded_table(out, "t", _seeded_grid(), "method", False, seeds=2,
+                           place=lambda setting, run: (setting, f"{run} accuracy"))
+    cells = {r["method"]: reproduce.accuracy_cell([
+        {"final_accuracy": float(x["final_accuracy"])} for x in _rows(out / "t_runs.csv")
+        if x["method"] == r["method"]]) for r in _rows(out / "t.csv")}
+    assert (out / "t.md").read_text().splitlines() == [
+        "| method | rabo accuracy | static accuracy |", "|---|---|---|",
+        f"| 5w1s | {cells['rabo']} | {cells['static']} |"]
+
+
 @pytest.mark.slow
 def test_table3_quick_on_omniglot(tmp_path):
     out = tmp_path / "table3"
@@ -399,7 +418,10 @@ def test_table3_quick_on_omniglot(tmp_path):
     assert len(rows) == 32 and rows[8]["run"] == "rabo-cov-M10"
     for r in rows:
         _check_accuracy(r)
-    assert (out / "table3.md").read_text().splitlines()[0] == "| run | 5w1s | 5w5s |"
+    md = (out / "table3.md").read_text().splitlines()     # the paper's layout
+    assert md[0] == "| run | 10 clients | 20 clients | 30 clients | 50 clients |"
+    assert [line.split(" |")[0] for line in md[2:]] == [
+        f"| {s} {m}" for s in ("5w1s", "5w5s") for m in ("rabo", "rafbo", "rabo-cov", "rafbo-cov")]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -48,6 +48,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -413,13 +414,15 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
                  progress: bool, ordering: tuple[tuple[str, str], ...] = (),
                  seeds: int = 1, jobs: int = 1, train: bool = True,
                  tabulate_only: frozenset[str] = frozenset(),
-                 methods: list[str] | None = None) -> list[Path]:
+                 methods: list[str] | None = None,
+                 place: Callable[[str, str], tuple[str, str]] | None = None) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
     and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, the fewest rounds
     any seed ran, the seeds' mean cost relative to FedMBO and the fewest clients that kept a
     channel in any round), ``stem``_runs.csv (one row per run and seed: accuracy, interval,
-    cost), ``stem``.md (rows: runs, columns: settings, "acc ± ci95" in %) and an
+    cost), ``stem``.md ("acc ± ci95" in %; rows: runs, columns: settings, or the row and column
+    ``place(setting, run)`` gives) and an
     accuracy-vs-round plot per setting (first seed); with ``ordering`` (pairs of run names,
     first expected ≥ second), ``stem``_ordering.csv/.md: each pair's :func:`difference` per
     setting over the seeds both finished. Everything is computed from the runs' text files, so
@@ -436,6 +439,7 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, files, checks = [], [], [], []
     wide: dict[str, dict[str, str]] = {}
+    place = place or (lambda setting, run: (run, setting))
     for name, configs in grid.items():
         flat = {f"{name}/{d}": (run_name, c) for run_name, config in configs.items()
                 for d, c in seed_runs(run_name, config, seeds).items()}
@@ -471,7 +475,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
                             "bytes_ratio": _mean([row["bytes_ratio"] for row in cells]),
                             "min_channel_cover_x": _least(row["min_channel_cover_x"]
                                                           for row in cells)})
-            wide.setdefault(r, {row_key: r})[name] = accuracy_cell(cells)
+            row, column = place(name, r)
+            wide.setdefault(row, {row_key: row})[column] = accuracy_cell(cells)
         png = out / f"{stem}_{name}_accuracy.png"
         if plot([next(iter(rs.values())) for rs in runs.values() if rs],
                 [("accuracy", f"{name} test accuracy", False)], "rounds", png,
@@ -492,8 +497,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
         "seed", "rounds", "final_accuracy", "accuracy_ci95", "best_accuracy", "flops_ratio",
         "bytes_ratio", "gflops", "mb", "min_channel_cover_x", "wall_seconds"]
     files.append(write_csv(rows, columns, out / f"{stem}_runs.csv"))
-    tabulated = dict.fromkeys(row["setting"] for row in rows)
-    files.append(write_markdown(list(wide.values()), [row_key, *tabulated], out / f"{stem}.md"))
+    columns = dict.fromkeys(c for cells in wide.values() for c in cells if c != row_key)
+    files.append(write_markdown(list(wide.values()), [row_key, *columns], out / f"{stem}.md"))
     if checks:
         files += write_table(checks, ["setting", "comparison", "difference", "ci95", "pairing",
                                       "holds", "within_noise", "verdict"], out,
@@ -549,8 +554,12 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
     names, others = fewshot_settings(out, settings, ("5w1s", "5w5s"))
     grid = {s: {f"{m}-M{n}": setting(base, s, file, method=m, clients=n)
                 for m in TABLE3_METHODS for n in TABLE3_CLIENTS} for s in names}
+
+    def place(setting: str, run: str) -> tuple[str, str]:       # the paper's layout
+        method, clients = run.rsplit("-M", 1)
+        return f"{setting} {method}", f"{clients} clients"
     return seeded_table(out, "table3", grid, "run", progress, seeds=seeds, jobs=jobs,
-                        train=train, tabulate_only=others, methods=methods)
+                        train=train, tabulate_only=others, methods=methods, place=place)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
