@@ -89,10 +89,14 @@ def _tally(rows: list[dict[str, str]], methods: tuple[str, ...],
            against: tuple[str, ...]) -> str:
     """How many of the comparisons of ``methods`` with each of ``against`` got each verdict,
     per setting (settings can differ in what their intervals are over: seeds or episodes)."""
-    found = _compared(rows, methods, against)
+    return _verdicts(_compared(rows, methods, against))
+
+
+def _verdicts(rows: list[dict[str, str]]) -> str:
+    """How many of the ordering ``rows`` got each verdict, per setting."""
     parts = []
-    for setting in dict.fromkeys(r["setting"] for r in found):
-        verdicts = [r["verdict"] for r in found if r["setting"] == setting]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        verdicts = [r["verdict"] for r in rows if r["setting"] == setting]
         parts.append(f"{setting}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS
                                                 if v in verdicts))
     return "; ".join(parts) or "not run yet"
@@ -132,9 +136,12 @@ def _cost(method: str) -> str:
 
 
 def _table3() -> str:
-    """RABO's and RAFBO's accuracy per number of clients finished, per setting."""
+    """RABO's and RAFBO's accuracy per number of clients finished, per setting, and the
+    verdicts of "fewer clients ≥ the next more" for both."""
     rows = _summary("table3")
-    parts = []
+    fewer_first = [r for r in _orderings("table3") if r["difference"]
+                   and r["comparison"].split("-M", 1)[0] in ("rabo", "rafbo")]
+    parts = [f"fewer ≥ more clients, {_verdicts(fewer_first)}"] if fewer_first else []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         for m in ("rabo", "rafbo"):
             accs = [f"{r['run'].rsplit('-M', 1)[1]} clients {100 * float(r['mean']):.1f}"

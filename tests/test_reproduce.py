@@ -422,6 +422,11 @@ def test_table3_quick_on_omniglot(tmp_path):
     assert md[0] == "| run | 10 clients | 20 clients | 30 clients | 50 clients |"
     assert [line.split(" |")[0] for line in md[2:]] == [
         f"| {s} {m}" for s in ("5w1s", "5w5s") for m in ("rabo", "rafbo", "rabo-cov", "rafbo-cov")]
+    checks = _rows(out / "table3_ordering.csv")        # fewer clients ≥ the next more
+    assert [(c["setting"], c["comparison"]) for c in checks][:3] == [
+        ("5w1s", "rabo-M10 − rabo-M20"), ("5w1s", "rabo-M20 − rabo-M30"),
+        ("5w1s", "rabo-M30 − rabo-M50")]
+    assert len(checks) == 24 and all(c["pairing"] == "episodes" for c in checks)
 
 
 @pytest.mark.parametrize("args, message", [
