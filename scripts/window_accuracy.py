@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rabo import server
+from rabo import rundir, server
 from rabo.checkpoint import read_tensors
 from rabo.cli import config_from_json
 from rabo.experiment import build
@@ -28,7 +28,7 @@ def window_accuracies(run: Path, last: int) -> tuple[float, dict[int, list[float
     """(full-width accuracy, {round t: accuracy of each distinct client submodel at t})."""
     exp = build(config_from_json(json.loads((run / "config.json").read_text()), str(run)))
     cfg, problem = exp.config, exp.problem
-    tensors, _ = read_tensors(run / "final.safetensors")
+    tensors, _ = read_tensors(run / rundir.FINAL)
     x = {k[2:]: v for k, v in tensors.items() if k.startswith("x.")}
     y = {k[2:]: v for k, v in tensors.items() if k.startswith("y.")}
     full = problem.evaluate(x, y, final=False)["accuracy"]
