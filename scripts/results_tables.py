@@ -2,12 +2,13 @@
 nothing: ``python scripts/results_tables.py`` (from the repository root, as the runs' config.json
 record the data directories relative to it).
 
-Each reproduction whose directory exists (``results/table2``, ``table3``, ``fig4``, ``fig6``) is
-tabulated with ``rabo reproduce EXPERIMENT --tables-only`` at the seeds and settings the
-evidence aims for (a cell's ``seeds`` column says how many have finished); its summary, ordering
-and Markdown tables are copied to ``results/`` (``results/table2.csv``, ``table2.md``,
-``table2_ordering.csv``, …); ``results/claims.md`` sets each of the paper's claims beside what
-the runs show, and the README's block between the ``results`` markers is replaced by both.
+Each reproduction whose directory exists (``results/table2``, ``table3``, ``fig4``, ``fig6``,
+``resnet12``) is tabulated with ``rabo reproduce EXPERIMENT --tables-only`` at the seeds and
+settings the evidence aims for (a cell's ``seeds`` column says how many have finished); its
+summary, ordering and Markdown tables are copied to ``results/`` (``results/table2.csv``,
+``table2.md``, ``table2_ordering.csv``, …, ``resnet12.csv`` from ``resnet12/table2.csv``);
+``results/claims.md`` sets each of the paper's claims beside what the runs show, and the
+README's block between the ``results`` markers is replaced by both.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ PLAN: dict[str, dict[str, Any]] = {
     "table3": {"data_dir": f"{DATA}/omniglot", "seeds": 1},
     "fig4": {"data_dir": f"{DATA}/omniglot", "seeds": 3},
     "fig6": {"data_dir": f"{DATA}/fashion-mnist", "seeds": 3, "dataset": "fashion-mnist"},
+    # Table II's 5w1s at the paper's backbone (RABO and FedMBO): rabo reproduce table2 --set …
+    "resnet12": {"experiment": "table2", "data_dir": f"{DATA}/omniglot", "seeds": 1,
+                 "settings": ["5w1s"], "sets": {"problem.backbone": "resnet12"}},
 }
 FULL_MODEL = ("fedmbo", "protonet", "maml")    # "the three full model training methods"
 # the paper's Table III (accuracy in %; ResNet-12, full Omniglot) in table3.md's layout
@@ -42,18 +46,27 @@ PAPER_TABLE3 = [["5w1s rabo", "76.05", "75.81", "74.39", "72.76"],
                 ["5w1s rafbo", "75.09", "74.85", "73.04", "71.80"],
                 ["5w5s rabo", "89.12", "88.52", "87.76", "86.58"],
                 ["5w5s rafbo", "88.57", "87.53", "87.03", "86.44"]]
+CAPTIONS = {"resnet12": (", Table II's 5w1s with the paper's ResNet-12 backbone instead of "
+                         "Conv-4 (`--set problem.backbone=resnet12`)")}
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 VERDICTS = ("holds", "tie", "fails", "holds?", "fails?")
 
 
 def tabulate(name: str, out: Path) -> list[Path]:
     """Write ``name``'s tables from the runs in ``out`` (training nothing); its summary,
-    ordering and Markdown tables (what ``results/`` keeps at its top)."""
+    ordering and Markdown tables (what ``results/`` keeps at its top, as :func:`top`)."""
     plan = dict(PLAN[name])
-    EXPERIMENTS[name](out, plan.pop("data_dir"), plan.pop("dataset", None), progress=False,
-                      train=False, **plan)
-    return [t for t in sorted(out.glob(f"{name}*"))
+    experiment = plan.pop("experiment", name)
+    EXPERIMENTS[experiment](out, plan.pop("data_dir"), plan.pop("dataset", None),
+                            progress=False, train=False, **plan)
+    return [t for t in sorted(out.glob(f"{experiment}*"))
             if t.suffix in (".csv", ".md") and not t.stem.endswith("_runs")]
+
+
+def top(name: str, table: Path) -> Path:
+    """Where ``results/`` keeps the copy of ``name``'s ``table``: at its top, the experiment's
+    name replaced by the plan's (results/resnet12/table2.md → results/resnet12.md)."""
+    return RESULTS / (name + table.name.removeprefix(PLAN[name].get("experiment", name)))
 
 
 def _orderings(name: str) -> list[dict[str, str]]:
@@ -205,10 +218,10 @@ def block() -> str:
                          "does not say whether its mean improvements are relative (%) or in "
                          "points; ours are in points."),
              "", *markdown(["the paper says", "paper", "these runs"], claims()), ""]
-    for name in ("table2", "table3", "fig4", "fig6"):
+    for name in PLAN:
         path = RESULTS / f"{name}.md"
         if path.exists():
-            lines += [f"`results/{name}.md`" + _seeds(name) + ":", "",
+            lines += [f"`results/{name}.md`" + _seeds(name) + CAPTIONS.get(name, "") + ":", "",
                       *path.read_text().splitlines(), ""]
         if path.exists() and name == "table3":
             lines += [("The paper's Table III, for comparison (ResNet-12 on the full Omniglot; "
@@ -243,7 +256,7 @@ def main() -> int:
         if (RESULTS / name).is_dir():
             print(f"{name}: tabulating results/{name}", file=sys.stderr, flush=True)
             try:
-                tables = [Path(shutil.copyfile(t, RESULTS / t.name))
+                tables = [Path(shutil.copyfile(t, top(name, t)))
                           for t in tabulate(name, RESULTS / name)]
             except GridError as err:           # a reproduction started, no run finished yet
                 print(f"{name}: {err}")

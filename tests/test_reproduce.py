@@ -407,6 +407,58 @@ def test_place_lays_the_markdown_table_out(seeded_table, tmp_path, monkeypatch):
         f"| 5w1s | {cells['rabo']} | {cells['static']} |"]
 
 
+def test_set_changes_every_run_over_the_experiment_s_settings(tmp_path, monkeypatch, capsys):
+    """``--set`` on a reproduction: the run that trains has it in its config.json (over
+    --quick's rounds and the packaged 5w1s settings); the tables then need the same pairs,
+    since a run is reused only under its own config."""
+    from rabo import reproduce
+
+    out = tmp_path / "resnet"
+    args = ["reproduce", "table2", "--quick", "--settings", "5w1s", "--data-dir",
+            DATA + "/omniglot", "--out", str(out), "--quiet", "--methods", "protonet"]
+    sets = ["--set", "rounds=1", "--set", "problem.lam=0.5", "--set", "problem.feature_rms=0"]
+    assert main([*args, *sets]) == 0
+    config = json.loads((out / "5w1s" / "protonet" / "config.json").read_text())
+    assert (config["rounds"], config["outer_lr"]) == (1, 0.01)     # --set; the method table
+    assert config["problem_options"]["lam"] == 0.5 and config["problem_options"]["ways"] == 5
+    assert config["problem_options"]["feature_rms"] == 0.0
+    assert [r["method"] for r in _rows(out / "table2_runs.csv")] == ["protonet"]
+    monkeypatch.setattr(reproduce, "run", _trains)
+    assert main([*args, *sets, "--tables-only"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--set", "rounds=1", "--tables-only"]) == 2
+    assert "holds a run with problem_options=" in capsys.readouterr().err
+
+
+def test_set_refuses_what_the_experiment_sets_itself():
+    """A key the experiment sets by its own flags, or varies between one method's runs (Table
+    III's clients), is refused; an unknown key or value is the config's one-line error."""
+    from rabo.errors import ConfigError
+    from rabo.reproduce import fewshot_base, setting, with_sets
+
+    base, file = fewshot_base(None, True, 0, None)
+    grid = {"5w1s": {f"rabo-M{n}": setting(base, "5w1s", file, method="rabo", clients=n)
+                     for n in (10, 20)}}
+    changed = with_sets(grid, {"problem.backbone": "resnet12", "eval_every": "3"}, "table3")
+    assert [(c.clients, c.eval_every, c.problem_options["backbone"], c.rounds)
+            for c in changed["5w1s"].values()] == [(10, 3, "resnet12", 2), (20, 3, "resnet12", 2)]
+    assert grid["5w1s"]["rabo-M10"].eval_every == 1                 # the grid is left as it is
+    assert with_sets(grid, {}, "table3") is grid
+    for key, message in [
+            ("clients", "--set clients: table3 varies clients between its rabo runs in 5w1s"),
+            ("method", ("--set method: table3 sets method itself (each run's; choose runs "
+                        "with --methods)")),
+            ("problem.shots", ("--set problem.shots: table3 sets problem.shots itself (give "
+                               "--settings)")),
+            ("seed", "--set seed: table3 sets seed itself (give --seed and --seeds)")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            with_sets(grid, {key: "5"}, "table3")
+    with pytest.raises(UnknownNameError, match="unknown config key 'roundz'"):
+        with_sets(grid, {"roundz": "5"}, "table3")
+    with pytest.raises(ConfigError, match="eval_every='often' is not of type int"):
+        with_sets(grid, {"eval_every": "often"}, "table3")
+
+
 @pytest.mark.slow
 def test_table3_quick_on_omniglot(tmp_path):
     out = tmp_path / "table3"
@@ -437,6 +489,12 @@ def test_table3_quick_on_omniglot(tmp_path):
     (["table2", "--tables-only"], "is not a directory of runs; nothing to tabulate"),
     (["table3", "--methods", "rabo,fedmbo", "--data-dir", DATA + "/omniglot"],
      "unknown table3 method 'fedmbo'; allowed: rabo, rabo-cov, rafbo, rafbo-cov"),
+    (["fig4", "--set", "policy.segments=[]", "--data-dir", DATA + "/omniglot"],
+     "--set policy.segments: fig4 varies policy.segments between its rabo runs in 5w5s"),
+    (["fig6", "--set", "problem.dataset=mnist", "--data-dir", DATA + "/fashion-mnist"],
+     "--set problem.dataset: fig6 sets problem.dataset itself (give --dataset)"),
+    (["table2", "--set", "rounds", "--data-dir", DATA + "/omniglot"],
+     "--set 'rounds' is not of the form key=value"),
 ])
 def test_bad_reproduce_options_are_one_line_config_errors(tmp_path, capsys, args, message):
     assert main(["reproduce", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2

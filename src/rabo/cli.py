@@ -162,6 +162,10 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "tabulated")
     p.add_argument("--config", type=Path, help="few-shot: TOML run settings (default: the "
                    "packaged rabo/configs/fewshot.toml, as `rabo run fewshot` uses)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config key on every run, over the experiment's settings, e.g. "
+                        "--set problem.backbone=resnet12 --set rounds=50; repeatable. The runs' "
+                        "config.json record it: a rerun or --tables-only needs the same")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; a "
                    "config file's `threads` wins); with --jobs N, shared: THREADS // N each")
     p.add_argument("--jobs", type=int, default=1,
@@ -420,7 +424,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                              settings=args.settings, config=args.config,
                                              validate=args.validate, seeds=args.seeds,
                                              jobs=args.jobs, train=not args.tables_only,
-                                             methods=args.methods)
+                                             methods=args.methods, sets=parse_sets(args.set))
     except RaboError:                   # refused: leave no empty folder behind
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -24,6 +24,9 @@ Few-shot on Omniglot (paper V-A), run settings from the packaged ``rabo/configs/
   other are in nobody's submodel (with every client at ½ width the weights' mean cover is
   10 · ¼ = 2.5, so no design reaches a coordinate cover of 5).
 
+``sets`` (``--set KEY=VALUE``) changes every run of an experiment, e.g. Table II at the paper's
+ResNet-12 backbone (:func:`with_sets`).
+
 Every experiment runs its cells at ``seeds`` consecutive seeds (:func:`seeded_table`): one table
 row per setting and run with the seeds' mean and 95 % interval, and the paper's ordering as
 differences with intervals. The few-shot tables cover every setting in ``out``
@@ -68,7 +71,7 @@ from .config import (
 )
 from .errors import ConfigError, DivergedError, GridError, RaboError, UnknownNameError
 from .experiment import build
-from .problems import FewShot
+from .problems import FewShot, get_problem
 from .report import Run, bars, load_runs, plot, summarize
 from .rounds import divergence
 from .runtime.loop import run
@@ -272,7 +275,8 @@ def _last(run: Run, key: str) -> Any:
 def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
          config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
-         train: bool = True, methods: list[str] | None = None) -> list[Path]:
+         train: bool = True, methods: list[str] | None = None,
+         sets: dict[str, str] | None = None) -> list[Path]:
     """Fig. 6: balanced test accuracy against rounds for every method on long-tailed data, runs
     in ``out/<dataset>/<method>``; the table's rows are the methods, its one column the data
     set, and the ordering the paper's (FedMBO ≥ RABO ≥ each single-level baseline, RAFBO too)."""
@@ -289,7 +293,7 @@ def fig6(out: Path, data_dir: str | None, dataset: str = "fashion-mnist", quick:
     grid = {dataset: {m: dataclasses.replace(base, method=m) for m in FIG6_METHODS}}
     ordering = tuple(pair for pair in ORDERING if set(pair) <= set(FIG6_METHODS))
     return seeded_table(out, "fig6", grid, "method", progress, ordering, seeds, jobs, train,
-                        methods=methods)
+                        methods=methods, sets=sets)
 
 
 # --- few-shot on Omniglot (paper V-A) ------------------------------------------------------------
@@ -372,6 +376,48 @@ def seed_runs(name: str, config: RunConfig, seeds: int) -> dict[str, RunConfig]:
     return runs
 
 
+# what an experiment sets by its own flags, not by --set
+OWN_KEYS = {"problem": "the experiment's problem",
+            "method": "each run's; choose runs with --methods", "seed": "give --seed and --seeds",
+            "problem.ways": "give --settings", "problem.shots": "give --settings",
+            "problem.dataset": "give --dataset"}
+
+
+def with_sets(grid: dict[str, dict[str, RunConfig]], sets: dict[str, str],
+              stem: str) -> dict[str, dict[str, RunConfig]]:
+    """``grid`` with every run's ``--set KEY=VALUE`` pairs set last, over the experiment's own
+    settings and config file (so they win, as in ``rabo run``); its run directories' config.json
+    record them, so a rerun or ``--tables-only`` over them needs the same pairs. Refused: a key
+    the experiment sets by its own flags (:data:`OWN_KEYS`), and one it varies between the runs
+    of one method in one setting (Table III's ``clients``; Fig. 4's ``capacities``, ``policy``
+    and ``policy.segments``), which one value for all would erase."""
+    if not sets:
+        return grid
+    for key in sets:
+        if key in OWN_KEYS:
+            raise ConfigError(f"--set {key}: {stem} sets {key} itself ({OWN_KEYS[key]})")
+        for name, configs in grid.items():
+            values: dict[str, set[str]] = {}
+            for c in configs.values():
+                values.setdefault(c.method, set()).add(json.dumps(_value(c, key), sort_keys=True))
+            varied = [m for m, v in values.items() if len(v) > 1]
+            if varied:
+                raise ConfigError(f"--set {key}: {stem} varies {key} between its {varied[0]} "
+                                  f"runs in {name}; one value for all of them would erase that")
+    return {name: {run: apply(c, sets, {k: type(v) for k, v in
+                                        get_problem(c.problem).options.items()})
+                   for run, c in configs.items()} for name, configs in grid.items()}
+
+
+def _value(config: RunConfig, key: str) -> Any:
+    """The value of flat config key ``key`` ("inner_lr", "problem.lam", "policy.segments") in
+    ``config``; None where it has none."""
+    prefix, _, option = key.partition(".")
+    if option and prefix in ("problem", "policy"):
+        return getattr(config, f"{prefix}_options").get(option)
+    return getattr(config, key, None)
+
+
 def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
     """Final accuracy of ``a`` minus ``b`` (the same run at one or more seeds each), in points,
     with a 95 % interval and how it pairs: over several seeds, the per-seed differences' mean ±
@@ -416,7 +462,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
                  seeds: int = 1, jobs: int = 1, train: bool = True,
                  tabulate_only: frozenset[str] = frozenset(),
                  methods: list[str] | None = None,
-                 place: Callable[[str, str], tuple[str, str]] | None = None) -> list[Path]:
+                 place: Callable[[str, str], tuple[str, str]] | None = None,
+                 sets: dict[str, str] | None = None) -> list[Path]:
     """Run ``grid`` (setting → run name → config) at ``seeds`` seeds (:func:`seed_runs`) into
     ``out/<setting>/<run>``; write ``stem``.csv (one row per setting and run: seeds, ``mean``
     and ``ci95`` of the final accuracy as fractions, :func:`accuracy_summary`, the fewest rounds
@@ -432,7 +479,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     with none is left out); so it is for the settings in ``tabulate_only``
     (:func:`fewshot_settings`), and one of those whose runs were made with another config is
     left out with a line on stderr. With ``methods``, only those methods' runs train; the
-    others' finished runs are tabulated all the same."""
+    others' finished runs are tabulated all the same. ``sets``: :func:`with_sets`."""
+    grid = with_sets(grid, sets or {}, stem)
     known = list(dict.fromkeys(c.method for configs in grid.values() for c in configs.values()))
     for method in methods or ():
         if method not in known:
@@ -535,20 +583,20 @@ def table2(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
            jobs: int = 1, train: bool = True,
-           methods: list[str] | None = None) -> list[Path]:
+           methods: list[str] | None = None, sets: dict[str, str] | None = None) -> list[Path]:
     """Table II: every few-shot method in every setting, 10 clients, mixed capacities."""
     base, file = fewshot_base(data_dir, quick, seed, config, validate)
     names, others = fewshot_settings(out, settings, tuple(SETTINGS))
     grid = {s: {m: setting(base, s, file, method=m) for m in FEWSHOT_METHODS} for s in names}
     return seeded_table(out, "table2", grid, "method", progress, ORDERING, seeds, jobs, train,
-                        others, methods)
+                        others, methods, sets=sets)
 
 
 def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
            seed: int = 0, progress: bool = True, settings: list[str] | None = None,
            config: Path | None = None, validate: bool = False, seeds: int = 1,
            jobs: int = 1, train: bool = True,
-           methods: list[str] | None = None) -> list[Path]:
+           methods: list[str] | None = None, sets: dict[str, str] | None = None) -> list[Path]:
     """Table III: RABO and RAFBO (and their importance-cover variants) as the number of clients
     grows (the paper's capacities in equal blocks); ordering: each method with fewer clients ≥
     with the next more (the paper's "as the number of clients increasing, the performance
@@ -564,13 +612,14 @@ def table3(out: Path, data_dir: str | None, dataset: str | None = None, quick: b
     fewer_first = tuple((f"{m}-M{a}", f"{m}-M{b}") for m in TABLE3_METHODS
                         for a, b in itertools.pairwise(TABLE3_CLIENTS))
     return seeded_table(out, "table3", grid, "run", progress, fewer_first, seeds, jobs, train,
-                        others, methods, place)
+                        others, methods, place, sets)
 
 
 def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: bool = False,
          seed: int = 0, progress: bool = True, settings: list[str] | None = None,
          config: Path | None = None, validate: bool = False, seeds: int = 1, jobs: int = 1,
-         train: bool = True, methods: list[str] | None = None) -> list[Path]:
+         train: bool = True, methods: list[str] | None = None,
+         sets: dict[str, str] | None = None) -> list[Path]:
     """Fig. 4 (the paper's, at 5w5s): (a) computation and communication of RABO and RAFBO
     relative to FedMBO (the same runs as Table II's, so an ``out`` shared with it reuses them);
     (b) RABO's and RAFBO's accuracy with C_x = 1 versus C_x = 5 at half width for every client
@@ -584,7 +633,7 @@ def fig4(out: Path, data_dir: str | None, dataset: str | None = None, quick: boo
             for s in names}
     ordering = (("rabo-cx5", "rabo-cx1"), ("rafbo-cx5", "rafbo-cx1"))
     files = seeded_table(out, "fig4", grid, "run", progress, ordering, seeds, jobs, train,
-                         others, methods)
+                         others, methods, sets=sets)
     summary = read_csv(out / "fig4.csv")
     for s in grid:
         cost = [r for r in summary if r["setting"] == s and r["run"] in ("fedmbo", "rabo",
