@@ -427,7 +427,8 @@ def test_set_changes_every_run_over_the_experiment_s_settings(tmp_path, monkeypa
     assert main([*args, *sets, "--tables-only"]) == 0
     capsys.readouterr()
     assert main([*args, "--set", "rounds=1", "--tables-only"]) == 2
-    assert "holds a run with problem_options=" in capsys.readouterr().err
+    assert "holds a run with problem.feature_rms=0.0, not 1.5: give the options it was made " \
+           "with (--quick, --config, --set," in capsys.readouterr().err
 
 
 def test_set_refuses_what_the_experiment_sets_itself():

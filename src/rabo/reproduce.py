@@ -243,15 +243,20 @@ RUNTIME_FIELDS = ("threads", "device", "batch_clients", "checkpoint_every")
 def _check_reusable(path: Path, config: RunConfig) -> None:
     """A finished run is reused, an unfinished one resumed or restarted, only if it ran with
     ``config`` (up to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a
-    changed config file never silently reuses old results, nor overwrites them."""
+    changed config file never silently reuses old results, nor overwrites them; the refusal
+    names the first differing key, a problem or policy option by its own name."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     differ = differing_keys(saved, now, RUNTIME_FIELDS)
     if differ:
-        key = differ[0]
-        raise ConfigError(f"{path} holds a run with {key}={saved.get(key)!r}, "
-                          f"not {now[key]!r}: give the options it was made with (--quick, "
-                          f"--config, --data-dir, --validate as then), or another --out")
+        key, was, wanted = differ[0], saved.get(differ[0]), now[differ[0]]
+        if key in ("problem_options", "policy_options") and isinstance(was, dict):
+            option = min(k for k in set(was) | set(wanted) if was.get(k) != wanted.get(k))
+            key, was, wanted = (f"{key.removesuffix('_options')}.{option}", was.get(option),
+                                wanted.get(option))
+        raise ConfigError(f"{path} holds a run with {key}={was!r}, not {wanted!r}: give the "
+                          f"options it was made with (--quick, --config, --set, --data-dir, "
+                          f"--validate as then), or another --out")
 
 
 def cost_table(paths: list[Path], reference: str = "fedmbo") -> list[dict[str, Any]]:
