@@ -5,7 +5,9 @@ x = backbone (Conv-4 by default), y = linear head initialisation (N × d + bias)
 For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖²,
 f = CE(head_y(φ_x(Q))). φ_x ends by rescaling each feature vector to root-mean-square
 ``feature_rms`` (0 turns it off), so λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x and
-the fixed head steps η_y, η_N stay stable (why, and the value: docs/tuning.md §fewshot).
+the fixed head steps η_y, η_N stay stable (why, and the value: docs/tuning.md §fewshot; the
+bound grows with the feature count d, so Conv-4's 1.5 at d = 64 is 1.5·√(64/d) for another
+backbone: 0.53 for ResNet-12).
 Each client's meta-batch holds several N-way K-shot tasks; x and y share one channel plan, so
 the head's input columns follow the backbone's kept channels.
 
