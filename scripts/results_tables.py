@@ -57,18 +57,22 @@ VERDICTS = ("holds", "tie", "fails", "holds?", "fails?")
 def tabulate(name: str, out: Path) -> list[Path]:
     """Write ``name``'s tables from the runs in ``out`` (training nothing); its summary,
     ordering and Markdown tables (what ``results/`` keeps at its top, as :func:`top`)."""
-    plan = dict(PLAN[name])
-    experiment = plan.pop("experiment", name)
-    EXPERIMENTS[experiment](out, plan.pop("data_dir"), plan.pop("dataset", None),
-                            progress=False, train=False, **plan)
-    return [t for t in sorted(out.glob(f"{experiment}*"))
+    plan = {k: v for k, v in PLAN[name].items() if k != "experiment"}
+    EXPERIMENTS[experiment(name)](out, plan.pop("data_dir"), plan.pop("dataset", None),
+                                  progress=False, train=False, **plan)
+    return [t for t in sorted(out.glob(f"{experiment(name)}*"))
             if t.suffix in (".csv", ".md") and not t.stem.endswith("_runs")]
+
+
+def experiment(name: str) -> str:
+    """The reproduction ``PLAN[name]`` runs: its own ``experiment``, else its name."""
+    return PLAN[name].get("experiment", name)
 
 
 def top(name: str, table: Path) -> Path:
     """Where ``results/`` keeps the copy of ``name``'s ``table``: at its top, the experiment's
     name replaced by the plan's (results/resnet12/table2.md → results/resnet12.md)."""
-    return RESULTS / (name + table.name.removeprefix(PLAN[name].get("experiment", name)))
+    return RESULTS / (name + table.name.removeprefix(experiment(name)))
 
 
 def _orderings(name: str) -> list[dict[str, str]]:

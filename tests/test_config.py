@@ -95,6 +95,19 @@ def test_committed_fewshot_runs_resolve_to_their_config_json(run, monkeypatch):
     assert differing_keys(saved, now, RUNTIME_FIELDS) == []
 
 
+def test_differing_keys_name_options_by_their_flat_keys():
+    """A problem or policy option that differs, or that only the saved config has, is named
+    as "problem.X" / "policy.X"; fields by their names; ignored fields and equal options not."""
+    saved = {"rounds": 3, "threads": 1, "problem_options": {"lam": 0.2, "ways": 5, "old": 1},
+             "policy_options": {}}
+    now = {"rounds": 4, "threads": 2, "problem_options": {"lam": 0.5, "ways": 5},
+           "policy_options": {"segments": [[0.0, 0.5]]}}
+    assert differing_keys(saved, now, ("threads",)) == [
+        "policy.segments", "problem.lam", "problem.old", "rounds"]
+    assert differing_keys({**saved, "problem_options": "edited"}, now, ("threads",)) == [
+        "policy.segments", "problem.lam", "problem.ways", "rounds"]
+
+
 FLAGS = ["quadratic", "--method", "fedmbo", "--rounds", "3", "--clients", "4",
          "--capacities", "1,0.5", "--capacity-mode", "sampled", "--capacity-trace", "t.csv",
          "--seed", "5", "--data-dir", "d", "--threads", "2", "--device", "cuda:1",

@@ -37,10 +37,9 @@ def test_the_committed_tables_are_what_the_committed_runs_give(name, tmp_path, m
     the tables are byte for byte those at the top of results/."""
     monkeypatch.chdir(ROOT)                      # the runs record data_dir relative to it
     out = tmp_path / name
-    experiment = results_tables.PLAN[name].get("experiment", name)
     shutil.copytree(ROOT / "results" / name, out,
                     ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.lock",
-                                                  f"{experiment}*"))
+                                                  f"{results_tables.experiment(name)}*"))
     monkeypatch.setattr("rabo.reproduce.run", _trains)
     tables = results_tables.tabulate(name, out)
     assert tables

@@ -112,6 +112,8 @@ def test_resume_with_a_changed_config_names_the_keys(finished, capsys):
     assert main(["run", "quadratic", "--resume", str(finished), "--rounds", "5",
                  "--set", "outer_lr=0.1"]) == 2
     _one_line_error(capsys, "differs in outer_lr, rounds")
+    assert main(["run", "quadratic", "--resume", str(finished), "--set", "problem.lam=0.5"]) == 2
+    _one_line_error(capsys, "differs in problem.lam, rounds;")
 
 
 def test_resume_compares_data_dir_as_a_directory(tmp_path, monkeypatch, capsys):

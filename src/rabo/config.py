@@ -117,18 +117,34 @@ def check_device(device: str) -> None:
                           f"CUDA device(s)")
 
 
+def flat_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config as JSON (``RunConfig.to_dict()``, a run's config.json) with its option tables
+    spread into flat keys beside the fields: "problem.rho", "policy.segments" (a table that is
+    not a dict, as in a hand-edited file, holds none)."""
+    flat = {k: v for k, v in values.items() if k not in OPTION_TABLES}
+    for table, prefix in OPTION_TABLES.items():
+        options = values.get(table)
+        flat.update({prefix + k: v for k, v in options.items()} if isinstance(options, dict)
+                    else {})
+    return flat
+
+
 def differing_keys(saved: dict[str, Any], now: dict[str, Any],
                    ignore: tuple[str, ...] = ()) -> list[str]:
-    """The keys of ``now`` (a config as JSON) whose values differ from ``saved`` (a run's
-    config.json), ``ignore`` aside, sorted. ``data_dir`` compares as a directory, however it was
+    """The flat keys (:func:`flat_config`: fields, "problem.X", "policy.X") of ``now`` (a config
+    as JSON), and the options of ``saved`` (a run's config.json), whose values differ between
+    the two, ``ignore`` aside, sorted. ``data_dir`` compares as a directory, however it was
     written (absolute or relative, through ``..`` or a symbolic link; resolved from here), so
     the same data spelled another way does not refuse a resume or a reuse."""
+    saved, now = flat_config(saved), flat_config(now)
+
     def same(key: str) -> bool:
-        a, b = saved.get(key), now[key]
+        a, b = saved.get(key), now.get(key)
         if key == "data_dir" and a is not None and b is not None:
             return Path(a).resolve() == Path(b).resolve()
         return a == b
-    return sorted(k for k in now if k not in ignore and not same(k))
+    keys = set(now) | {k for k in saved if "." in k}
+    return sorted(k for k in keys if k not in ignore and not same(k))
 
 
 def parse_value(key: str, text: Any, kind: type) -> Any:

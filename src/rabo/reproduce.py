@@ -66,6 +66,7 @@ from .config import (
     RunConfig,
     apply,
     differing_keys,
+    flat_config,
     packaged_config,
     read_config,
 )
@@ -244,16 +245,13 @@ def _check_reusable(path: Path, config: RunConfig) -> None:
     """A finished run is reused, an unfinished one resumed or restarted, only if it ran with
     ``config`` (up to :data:`RUNTIME_FIELDS`; :func:`~rabo.config.differing_keys`), so a
     changed config file never silently reuses old results, nor overwrites them; the refusal
-    names the first differing key, a problem or policy option by its own name."""
+    names the first differing key (a problem or policy option by its flat name)."""
     saved = json.loads((path / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))
     differ = differing_keys(saved, now, RUNTIME_FIELDS)
     if differ:
-        key, was, wanted = differ[0], saved.get(differ[0]), now[differ[0]]
-        if key in ("problem_options", "policy_options") and isinstance(was, dict):
-            option = min(k for k in set(was) | set(wanted) if was.get(k) != wanted.get(k))
-            key, was, wanted = (f"{key.removesuffix('_options')}.{option}", was.get(option),
-                                wanted.get(option))
+        key = differ[0]
+        was, wanted = flat_config(saved).get(key), flat_config(now).get(key)
         raise ConfigError(f"{path} holds a run with {key}={was!r}, not {wanted!r}: give the "
                           f"options it was made with (--quick, --config, --set, --data-dir, "
                           f"--validate as then), or another --out")
@@ -404,7 +402,8 @@ def with_sets(grid: dict[str, dict[str, RunConfig]], sets: dict[str, str],
         for name, configs in grid.items():
             values: dict[str, set[str]] = {}
             for c in configs.values():
-                values.setdefault(c.method, set()).add(json.dumps(_value(c, key), sort_keys=True))
+                value = flat_config(c.to_dict()).get(key)
+                values.setdefault(c.method, set()).add(json.dumps(value, sort_keys=True))
             varied = [m for m, v in values.items() if len(v) > 1]
             if varied:
                 raise ConfigError(f"--set {key}: {stem} varies {key} between its {varied[0]} "
@@ -412,15 +411,6 @@ def with_sets(grid: dict[str, dict[str, RunConfig]], sets: dict[str, str],
     return {name: {run: apply(c, sets, {k: type(v) for k, v in
                                         get_problem(c.problem).options.items()})
                    for run, c in configs.items()} for name, configs in grid.items()}
-
-
-def _value(config: RunConfig, key: str) -> Any:
-    """The value of flat config key ``key`` ("inner_lr", "problem.lam", "policy.segments") in
-    ``config``; None where it has none."""
-    prefix, _, option = key.partition(".")
-    if option and prefix in ("problem", "policy"):
-        return getattr(config, f"{prefix}_options").get(option)
-    return getattr(config, key, None)
 
 
 def difference(a: list[Run], b: list[Run]) -> dict[str, Any]:
