@@ -286,6 +286,29 @@ def test_feature_rms_bounds_the_head_curvature_whatever_the_backbone_scale(rms):
         assert after > 20 * before  # the bias column does not grow with φ
 
 
+@pytest.mark.parametrize("backbone, rms", [("conv4", 1.5), ("resnet12", 0.53)])
+def test_feature_rms_defaults_to_conv4_s_feature_norm_on_every_backbone(backbone, rms):
+    """Regression: ResNet-12's 512 features at Conv-4's RMS 1.5 (norm 34, head curvature bound
+    8× Conv-4's) diverged from round 2. Unless given, feature_rms is 1.5·√(64/d) to two
+    decimals, so every backbone's features have Conv-4's norm 1.5·√64 = 12, also through the
+    packaged settings `rabo run fewshot` uses; the resolved value is what config() records, and
+    a given value wins."""
+    from rabo.cli import config_from_args, make_parser
+
+    problem = synthetic(backbone=backbone)
+    assert problem.opts["feature_rms"] == rms and problem.config()["feature_rms"] == rms
+    x, _ = problem.init_params(0)
+    task = synthetic_task(np.random.default_rng(0), 5, 1, 3, 28)
+    with torch.no_grad():
+        support, _ = problem.features(x, {"support": task["support"]})
+    norms = torch.linalg.vector_norm(support, dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 12.0), rtol=2e-3, atol=0)
+    assert synthetic(backbone=backbone, feature_rms=0.7).config()["feature_rms"] == 0.7
+    args = make_parser().parse_args(["run", "fewshot", "--set", f"problem.backbone={backbone}",
+                                     "--set", "problem.source=synthetic"])
+    assert build(config_from_args(args)).config.problem_options["feature_rms"] == rms
+
+
 def test_rms_scaled_rows_have_the_target_rms_and_zero_rows_stay_zero():
     from rabo.models import rms_scaled
 

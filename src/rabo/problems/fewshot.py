@@ -5,9 +5,9 @@ x = backbone (Conv-4 by default), y = linear head initialisation (N × d + bias)
 For a task τ with support S and query Q: g = CE(head_y(φ_x(S))) + λ/2‖y‖²,
 f = CE(head_y(φ_x(Q))). φ_x ends by rescaling each feature vector to root-mean-square
 ``feature_rms`` (0 turns it off), so λ_max(∇²_yy g) ≤ ½(d·feature_rms² + 1) + λ for every x and
-the fixed head steps η_y, η_N stay stable (why, and the value: docs/tuning.md §fewshot; the
-bound grows with the feature count d, so Conv-4's 1.5 at d = 64 is 1.5·√(64/d) for another
-backbone: 0.53 for ResNet-12).
+the fixed head steps η_y, η_N stay stable (why, and the value: docs/tuning.md §fewshot). The
+bound grows with the feature count d, so the default is Conv-4's tuned 1.5 at d = 64 carried to
+the same feature norm: 1.5·√(64/d) (:func:`default_feature_rms`; 0.53 for ResNet-12).
 Each client's meta-batch holds several N-way K-shot tasks; x and y share one channel plan, so
 the head's input columns follow the backbone's kept channels.
 
@@ -27,6 +27,7 @@ of ``EVAL_CHUNK`` episodes stepped together), mean query accuracy with a 95 % in
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -45,6 +46,8 @@ from .fewshot_data import SOURCES, Episode, episode_source
 from .fewshot_heads import HEADS, Features
 
 BACKBONES = ("conv4", "resnet12")
+# feature_rms tuned for Conv-4 (docs/tuning.md §fewshot) and Conv-4's feature count
+CONV4_RMS, CONV4_FEATURES = 1.5, 64
 # test episodes evaluated together: their images (E·100·28² floats, 15 MiB at 5w1s) bound memory
 EVAL_CHUNK = 50
 
@@ -62,7 +65,7 @@ class FewShot(BilevelProblem):
         "image_size": 28, "prune": "both", "train_alphabets": "", "test_alphabets": "",
         "eval_episodes": 100, "final_episodes": 600, "eval_steps": 50, "eval_lr": 0.1,
         "cache_dir": "", "head": "linear", "maml_steps": 1, "maml_lr": 0.4, "validate": False,
-        "feature_rms": 1.5, "compile": False}
+        "feature_rms": CONV4_RMS, "compile": False}   # feature_rms: see default_feature_rms
     ranges: ClassVar[dict[str, Bound]] = {
         "ways": Bound(1, 1000), "tasks": Bound(1, 10_000),
         "lam": Bound(0, 1e6), "image_size": Bound(16, 256), "eval_episodes": Bound(1, 10**6),
@@ -76,6 +79,8 @@ class FewShot(BilevelProblem):
         check_options(opts)
         self.opts, self.num_clients, self.ways = opts, clients, int(opts["ways"])
         self.backbone = MODELS[opts["backbone"]]()
+        if "feature_rms" not in options:
+            opts["feature_rms"] = default_feature_rms(self.backbone.out_features)
         self.head = HEADS[opts["head"]](self.ways, opts, self._embed)
         self.feature_axis = self.backbone.feature_axis("backbone.")   # what the head reads
         plan = self.head.plan(self.backbone.channel_plan("backbone."), self.feature_axis)
@@ -202,6 +207,14 @@ class FewShot(BilevelProblem):
         chose), so that a rebuild from them gives the same split."""
         opts = {**self.opts, **self.episodes.resolved()}
         return {k: v for k, v in opts.items() if k != "compile" or v}
+
+
+def default_feature_rms(features: int) -> float:
+    """``feature_rms`` where none is given: Conv-4's tuned 1.5 at its 64 features, and for d
+    features 1.5·√(64/d) to two decimals (0.53 for ResNet-12's 512), the same feature norm
+    ‖φ‖ = 12 and so the same head-curvature bound, under which the head steps tuned for Conv-4
+    hold (docs/tuning.md §fewshot; at 1.5 ResNet-12's head steps diverged)."""
+    return round(CONV4_RMS * math.sqrt(CONV4_FEATURES / features), 2)
 
 
 def check_options(opts: Mapping[str, Any]) -> None:
