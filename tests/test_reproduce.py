@@ -169,15 +169,18 @@ def _check_other_settings_are_tabulated_not_trained(out: Path, args: list[str], 
                                                     capsys) -> None:
     """A setting in ``out`` that was not asked for is tabulated from its runs, not trained, so
     rerunning one setting keeps the others' rows (here 5w1s's runs, under 5w5s's configs, pose
-    as 5w5s's); one whose runs were made with another config is left out in a line."""
+    as 5w5s's, at two seeds), at the seeds they were made at, not at the asked ``--seeds``; one
+    whose runs were made with another config is left out in a line."""
     from rabo.experiment import build
     from rabo.reproduce import fewshot_base, setting
 
     base, file = fewshot_base(DATA, True, 0, None)
     for m in FEWSHOT_METHODS:
-        shutil.copytree(out / "5w1s" / m, out / "5w5s" / m)
         config = build(setting(base, "5w5s", file, method=m)).config
-        (out / "5w5s" / m / "config.json").write_text(json.dumps(config.to_dict()))
+        for run, seed in ((m, 0), (f"{m}-seed1", 1)):
+            shutil.copytree(out / "5w1s" / m, out / "5w5s" / run)
+            config.seed = seed
+            (out / "5w5s" / run / "config.json").write_text(json.dumps(config.to_dict()))
     shutil.copytree(out / "5w1s" / "rabo", out / "20w1s" / "rabo")      # 5w1s's config
     capsys.readouterr()
     with monkeypatch.context() as patch:
@@ -186,13 +189,19 @@ def _check_other_settings_are_tabulated_not_trained(out: Path, args: list[str], 
         err = capsys.readouterr().err
         tables = {p.name: p.read_bytes() for p in out.glob("table2*")}
         asked = ["5w5s,5w1s" if a == "5w1s" else a for a in args]
-        assert main(["reproduce", "table2", *asked, "--tables-only"]) == 0
+        assert main(["reproduce", "table2", *asked, "--seeds", "2", "--tables-only"]) == 0
     assert "setting 20w1s left out of the tables: " in err and "20w1s/rabo holds a run" in err
     summary = _rows(out / "table2.csv")
     assert [s["setting"] for s in summary] == ["5w1s"] * 11 + ["5w5s"] * 11
-    assert [s["mean"] for s in summary[11:]] == [s["mean"] for s in summary[:11]]
+    assert [s["seeds"] for s in summary] == ["1"] * 11 + ["2"] * 11
+    for one, two in zip(summary[:11], summary[11:]):      # two seeds of equal runs: ± 0
+        assert math.isclose(float(two["mean"]), float(one["mean"]))
+        assert float(two["ci95"]) == 0.0
+    assert {c["pairing"] for c in _rows(out / "table2_ordering.csv")
+            if c["setting"] == "5w5s"} == {"seeds"}
     assert (out / "table2.md").read_text().splitlines()[0] == "| method | 5w1s | 5w5s |"
-    # asking for both (in another order) writes the same bytes
+    # asking for both (in another order, at two seeds: 5w1s's second is missing) writes the
+    # same bytes, so the first call, asking for 5w1s at one seed, kept 5w5s's two
     assert {p.name: p.read_bytes() for p in out.glob("table2*")} == tables
     shutil.rmtree(out / "5w5s")
     shutil.rmtree(out / "20w1s")

@@ -379,6 +379,16 @@ def seed_runs(name: str, config: RunConfig, seeds: int) -> dict[str, RunConfig]:
     return runs
 
 
+def seeds_found(path: Path, name: str, config: RunConfig) -> int:
+    """How many consecutive seeds of run ``name`` (:func:`seed_runs`) have a directory in
+    ``path`` (at least 1), so that a setting tabulated without training keeps the seeds its
+    runs were made at, whatever ``--seeds`` the setting asked for says."""
+    n = 1
+    while n < MAX_SEEDS and (path / f"{name}-seed{config.seed + n}").is_dir():
+        n += 1
+    return n
+
+
 # what an experiment sets by its own flags, not by --set
 OWN_KEYS = {"problem": "the experiment's problem",
             "method": "each run's; choose runs with --methods", "seed": "give --seed and --seeds",
@@ -473,8 +483,9 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     tables hold the finished runs (a cell's ``seeds`` is how many finished; a cell or setting
     with none is left out); so it is for the settings in ``tabulate_only``
     (:func:`fewshot_settings`), and one of those whose runs were made with another config is
-    left out with a line on stderr. With ``methods``, only those methods' runs train; the
-    others' finished runs are tabulated all the same. ``sets``: :func:`with_sets`."""
+    left out with a line on stderr; such a setting is tabulated at the seeds its runs were
+    made at (:func:`seeds_found`), not at ``seeds``. With ``methods``, only those methods' runs
+    train; the others' finished runs are tabulated all the same. ``sets``: :func:`with_sets`."""
     grid = with_sets(grid, sets or {}, stem)
     known = list(dict.fromkeys(c.method for configs in grid.values() for c in configs.values()))
     for method in methods or ():
@@ -486,7 +497,8 @@ def seeded_table(out: Path, stem: str, grid: dict[str, dict[str, RunConfig]], ro
     place = place or (lambda setting, run: (run, setting))
     for name, configs in grid.items():
         flat = {f"{name}/{d}": (run_name, c) for run_name, config in configs.items()
-                for d, c in seed_runs(run_name, config, seeds).items()}
+                for d, c in seed_runs(run_name, config, seeds if name not in tabulate_only
+                                      else seeds_found(out / name, run_name, config)).items()}
         try:
             paths = run_grid({d: c for d, (_, c) in flat.items()}, out, progress, jobs,
                              train and name not in tabulate_only,
