@@ -148,7 +148,8 @@ def test_a_user_residual_cnn_couples_each_skip_and_keeps_inner_convs_apart():
     # never pruned: pw.bias 12, dw 108 + 12, head 60 + 5 = 197 of 5,541 (stem 224, block1
     # 1,200, block2 3,728, pw 204, dw 120, head 65)
     with pytest.warns(UserWarning, match=r"depthwise layer\(s\) dw stay full.*197 of 5541 "):
-        d = trace_plan(model, x).dims
+        plan = trace_plan(model, x)
+    d = plan.dims
     stem = d["stem.weight"][0]
     # identity skip: block1's output conv and its BN follow the stem's group, its inner conv not
     assert d["block1.c2.weight"][0] == d["block1.n2.bias"][0] == stem
@@ -164,7 +165,7 @@ def test_a_user_residual_cnn_couples_each_skip_and_keeps_inner_convs_apart():
     # head's input columns) stay full; class outputs too
     assert d["pw.weight"][0] is None and d["dw.weight"] == (None,) * 4
     assert d["head.weight"] == (None, None) and d["head.bias"] == (None,)
-    check_plan(model, trace_plan(model, x), x)
+    check_plan(model, plan, x)
 
 
 def test_check_plan_accepts_conv4s_own_plan_whatever_the_input():
@@ -181,7 +182,8 @@ def test_check_plan_accepts_conv4s_own_plan_whatever_the_input():
 
 def test_check_plan_refuses_a_residual_branch_in_its_own_group():
     model, x = user_net()
-    plan = trace_plan(model, x)
+    with pytest.warns(UserWarning, match="depthwise"):
+        plan = trace_plan(model, x)
     out = plan.dims["block2.c2.weight"][0]
     dims = dict(plan.dims)
     for name in ("block2.proj.0.weight", "block2.proj.0.bias", "block2.proj.1.weight",
