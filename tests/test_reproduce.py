@@ -488,7 +488,9 @@ def test_table3_quick_on_omniglot(tmp_path):
     assert [(c["setting"], c["comparison"]) for c in checks][:3] == [
         ("5w1s", "rabo-M10 − rabo-M20"), ("5w1s", "rabo-M20 − rabo-M30"),
         ("5w1s", "rabo-M30 − rabo-M50")]
-    assert len(checks) == 24 and all(c["pairing"] == "episodes" for c in checks)
+    assert len(checks) == 40 and all(c["pairing"] == "episodes" for c in checks)
+    assert [c["comparison"] for c in checks][12:15] == [     # ours: cover ≥ paper's, same M
+        "rabo-cov-M10 − rabo-M10", "rabo-cov-M20 − rabo-M20", "rabo-cov-M30 − rabo-M30"]
 
 
 @pytest.mark.parametrize("args, message", [

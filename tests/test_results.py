@@ -99,6 +99,35 @@ def test_the_cover_variants_are_set_against_the_best_single_level_baseline_of_ea
     assert results_tables._against_best(rows, [], ("rabo-cov",)) == "not run yet"
 
 
+def test_table3_claims_keep_each_method_s_client_steps_apart_from_cover_against_paper(
+        monkeypatch):
+    """Table III's ordering holds both "fewer clients ≥ more" within a method and (ours) a
+    cover variant against the paper's method at the same clients; each claim takes its own."""
+    orderings = [{"setting": "5w5s", "comparison": c, "difference": d, "ci95": ci, "verdict": v}
+                 for c, d, ci, v in [
+                     ("rabo-M10 − rabo-M20", "1.01", "0.32", "holds"),
+                     ("rabo-cov-M10 − rabo-cov-M20", "0.67", "0.33", "holds"),
+                     ("rabo-cov-M20 − rabo-cov-M30", "-0.37", "0.35", "fails"),
+                     ("rabo-cov-M10 − rabo-M10", "-0.12", "0.34", "tie"),
+                     ("rabo-cov-M20 − rabo-M20", "", "", ""),          # not run: left out
+                     ("rafbo-cov-M10 − rafbo-M10", "0.46", "0.31", "holds"),
+                     ("rafbo-cov-M10 − rabo-M10", "0.1", "0.3", "tie")]]   # not its own
+    summary = [{"setting": "5w5s", "run": r, "mean": a} for r, a in [
+        ("rabo-M10", "0.925"), ("rabo-M20", "0.915"), ("rabo-cov-M10", "0.924"),
+        ("rabo-cov-M20", "0.917"), ("rabo-cov-M30", "0.921")]]
+    monkeypatch.setattr(results_tables, "_summary",
+                        lambda stem: {"table3": summary, "table3_ordering": orderings}[stem])
+    assert results_tables._table3(("rabo",)) == (
+        "fewer ≥ more clients, 5w5s: 1 holds; rabo 5w5s: 10 clients 92.5 → 20 clients 91.5")
+    assert results_tables._table3(("rabo-cov", "rafbo-cov")) == (
+        "fewer ≥ more clients, 5w5s: 1 holds, 1 fails; "
+        "rabo-cov 5w5s: 10 clients 92.4 → 20 clients 91.7 → 30 clients 92.1")
+    assert results_tables._cover_over_paper(orderings) == (
+        "5w5s rabo-cov-M10 − rabo-M10: -0.12 ± 0.34 tie, "
+        "5w5s rafbo-cov-M10 − rafbo-M10: +0.46 ± 0.31 holds")
+    assert results_tables._cover_over_paper(orderings[:3]) == "not run yet"
+
+
 def test_the_resnet12_cost_report_counts_the_model_s_parameters():
     """results/resnet12/cost.json (one round of ``rabo cost``) against arithmetic: FedMBO
     sends x and y up and receives x and y, then y again for the outer phase, 4 bytes each
