@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rabo.errors import GridError
-from rabo.reproduce import EXPERIMENTS, SINGLE_LEVEL
+from rabo.reproduce import COVER_OVER_PAPER, EXPERIMENTS, SINGLE_LEVEL
 from rabo.tables import markdown, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,15 +145,19 @@ def _stated(row: dict[str, str]) -> str:
 def _cover_over_paper(rows: list[dict[str, str]]) -> str:
     """The ordering ``rows`` that set a cover variant against the paper's method (Table II:
     ``rabo-cov − rabo``; Table III: ``rabo-cov-M20 − rabo-M20``), in words."""
-    return ", ".join(_stated(r) for r in rows if r["difference"]
-                     and _methods(r) in (("rabo-cov", "rabo"), ("rafbo-cov", "rafbo"))
-                     ) or "not run yet"
+    return ", ".join(_stated(r) for r in rows
+                     if r["difference"] and _methods(r) in COVER_OVER_PAPER) or "not run yet"
 
 
 def _methods(row: dict[str, str]) -> tuple[str, str]:
-    """The methods an ordering row compares (Table III's runs ``rabo-M20`` → ``rabo``)."""
+    """The methods an ordering row compares."""
     a, b = row["comparison"].split(" − ")
-    return a.rsplit("-M", 1)[0], b.rsplit("-M", 1)[0]
+    return _method(a), _method(b)
+
+
+def _method(run: str) -> str:
+    """The method of a run (Table III's ``rabo-M20`` → ``rabo``; Table II's are methods)."""
+    return run.rsplit("-M", 1)[0]
 
 
 def _cost(method: str) -> str:
@@ -176,12 +180,12 @@ def _table3(methods: tuple[str, ...]) -> str:
     verdicts of "fewer clients ≥ the next more" for them."""
     rows = _summary("table3")
     fewer_first = [r for r in _orderings("table3") if r["difference"]
-                   and _methods(r) in ((m, m) for m in methods)]
+                   and _methods(r) in {(m, m) for m in methods}]
     parts = [f"fewer ≥ more clients, {_verdicts(fewer_first)}"] if fewer_first else []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         for m in methods:
             accs = [f"{r['run'].rsplit('-M', 1)[1]} clients {100 * float(r['mean']):.1f}"
-                    for r in rows if r["setting"] == setting and r["run"].rsplit("-M", 1)[0] == m]
+                    for r in rows if r["setting"] == setting and _method(r["run"]) == m]
             if accs:
                 parts.append(f"{m} {setting}: " + " → ".join(accs))
     return "; ".join(parts) or "not run yet"
